@@ -1,0 +1,123 @@
+"""Every Prometheus metric of the process, defined in one place (SPEC section 4).
+
+Upstream names (``meta_collector_*``) are kept for existing dashboards; our own live under
+``metacollector_``. All metrics register on ``REGISTRY`` so tests and the HTTP server share one.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import ProcessCollector, PlatformCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+# --- upstream names -------------------------------------------------------------------------
+SUBSCRIBERS = Gauge(
+    "meta_collector_server_subscribers",
+    "Number of subscribers connected to the gRPC server.",
+    registry=REGISTRY,
+)
+DISPATCHED_EVENTS = Counter(
+    "meta_collector_broker_dispatched_events",
+    "Events sent to subscribers, per message.",
+    ["kind", "type"],
+    registry=REGISTRY,
+)
+API_SERVER_EVENTS = Counter(
+    "meta_collector_collector_event_api_server_received",
+    "Events received from the API server.",
+    ["name", "source", "type"],
+    registry=REGISTRY,
+)
+
+# --- ours: Kubernetes access ----------------------------------------------------------------
+WATCH_RESTARTS = Counter(
+    "metacollector_watch_restarts",
+    "Watch streams restarted, by resource and cause.",
+    ["resource", "cause"],
+    registry=REGISTRY,
+)
+RELISTS = Counter(
+    "metacollector_relists",
+    "Full relists of a resource, by cause.",
+    ["resource", "cause"],
+    registry=REGISTRY,
+)
+OBJECTS = Gauge(
+    "metacollector_objects",
+    "Objects held in the cluster state, per kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+REFLECTOR_SYNCED = Gauge(
+    "metacollector_reflector_synced",
+    "1 when the reflector of a resource has synced its initial list.",
+    ["resource"],
+    registry=REGISTRY,
+)
+
+# --- ours: subscribers and gRPC ---------------------------------------------------------------
+MAILBOX_DEPTH = Gauge(
+    "metacollector_mailbox_depth",
+    "Resource keys waiting to be sent, summed over all subscribers.",
+    registry=REGISTRY,
+)
+SEND_LATENCY = Histogram(
+    "metacollector_send_latency_seconds",
+    "Time from a change reaching the reducer to its event being written to a subscriber.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+GRPC_CONNECTIONS = Gauge(
+    "metacollector_grpc_connections",
+    "Open gRPC (HTTP/2) connections.",
+    registry=REGISTRY,
+)
+GRPC_STREAMS_ENDED = Counter(
+    "metacollector_grpc_streams_ended",
+    "gRPC streams ended, by grpc-status code name.",
+    ["code"],
+    registry=REGISTRY,
+)
+LIMIT_HITS = Counter(
+    "metacollector_limit_hits",
+    "Requests or connections refused because a limit was reached.",
+    ["limit"],
+    registry=REGISTRY,
+)
+PROTOCOL_ERRORS = Counter(
+    "metacollector_grpc_protocol_errors",
+    "Connections closed because the peer broke the HTTP/2 or gRPC protocol.",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+# --- ours: CloudEvents ------------------------------------------------------------------------
+CE_SENT = Counter(
+    "metacollector_cloudevents_sent", "CloudEvents delivered (2xx).", ["type"], registry=REGISTRY
+)
+CE_FAILED = Counter(
+    "metacollector_cloudevents_failed",
+    "CloudEvents given up on, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CE_RETRIED = Counter(
+    "metacollector_cloudevents_retried", "CloudEvent delivery retries.", registry=REGISTRY
+)
+CE_DROPPED = Counter(
+    "metacollector_cloudevents_dropped",
+    "CloudEvents dropped before delivery, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CE_QUEUE_DEPTH = Gauge(
+    "metacollector_cloudevents_queue_depth", "CloudEvents waiting for delivery.", registry=REGISTRY
+)
+CE_LATENCY = Histogram(
+    "metacollector_cloudevents_delivery_latency_seconds",
+    "Time from a change being queued to its CloudEvent being accepted by the sink.",
+    registry=REGISTRY,
+)

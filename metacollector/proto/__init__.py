@@ -1,1 +1,4 @@
-"""Generated protobuf module for proto/metadata.proto (regenerate with `python -m metacollector.proto.generate`)."""
+"""Generated protobuf module for proto/metadata.proto.
+
+Regenerate with `python -m metacollector.proto.generate`.
+"""

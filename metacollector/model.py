@@ -1,0 +1,133 @@
+"""Slim immutable projections of the seven watched kinds: only the fields we send or index.
+
+Decoded straight from Kubernetes JSON (full objects or PartialObjectMetadata) with msgspec, which
+skips every other field without building it; that is most of the cost of a pod watch line.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Final, TypeAlias
+
+import msgspec
+
+KINDS: Final = (
+    "Pod",
+    "Namespace",
+    "Deployment",
+    "ReplicaSet",
+    "DaemonSet",
+    "ReplicationController",
+    "Service",
+)
+CLUSTER_SCOPED: Final = frozenset({"Namespace"})
+# Kinds a pod's controlling owner may have for that owner to be part of a node's view.
+VIEW_OWNER_KINDS: Final = frozenset({"ReplicaSet", "DaemonSet", "ReplicationController"})
+
+
+class OwnerReference(msgspec.Struct, frozen=True, gc=False):
+    kind: str = ""
+    uid: str = ""
+    name: str = ""
+    controller: bool | None = None
+
+
+class ObjectMeta(msgspec.Struct, frozen=True):
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    resourceVersion: str = ""
+    generateName: str = ""
+    labels: dict[str, str] | None = None
+    ownerReferences: tuple[OwnerReference, ...] = ()
+
+    def controller(self) -> OwnerReference | None:
+        """The controlling owner (the ownerReference with ``controller: true``), if any."""
+        for ref in self.ownerReferences:
+            if ref.controller:
+                return ref
+        return None
+
+
+class PodSpec(msgspec.Struct, frozen=True, gc=False):
+    nodeName: str = ""
+
+
+class PodStatus(msgspec.Struct, frozen=True, gc=False):
+    podIP: str = ""
+
+
+class ServiceSpec(msgspec.Struct, frozen=True):
+    selector: dict[str, str] | None = None
+
+
+class Pod(msgspec.Struct, frozen=True):
+    metadata: ObjectMeta = ObjectMeta()
+    spec: PodSpec = PodSpec()
+    status: PodStatus = PodStatus()
+
+
+class Service(msgspec.Struct, frozen=True):
+    metadata: ObjectMeta = ObjectMeta()
+    spec: ServiceSpec = ServiceSpec()
+
+
+class Metadata(msgspec.Struct, frozen=True):
+    """Any kind of which we keep only metadata (watched as PartialObjectMetadata)."""
+
+    metadata: ObjectMeta = ObjectMeta()
+
+
+Object: TypeAlias = Pod | Service | Metadata
+
+KIND_TYPES: Final[dict[str, type[Object]]] = {
+    "Pod": Pod,
+    "Service": Service,
+    "Namespace": Metadata,
+    "Deployment": Metadata,
+    "ReplicaSet": Metadata,
+    "DaemonSet": Metadata,
+    "ReplicationController": Metadata,
+}
+
+_decoders: dict[type[Object], msgspec.json.Decoder[Object]] = {
+    t: msgspec.json.Decoder(t) for t in (Pod, Service, Metadata)
+}
+
+
+def decode(kind: str, data: bytes) -> Object:
+    """Decode one Kubernetes object of ``kind`` from JSON bytes, keeping only what we use."""
+    return intern_strings(_decoders[KIND_TYPES[kind]].decode(data))
+
+
+def intern_strings(obj: Object) -> Object:
+    """Intern the strings repeated across many objects (namespaces, node names, label keys)."""
+    meta = obj.metadata
+    meta_changes: dict[str, object] = {"namespace": sys.intern(meta.namespace)}
+    meta_changes["labels"] = (
+        {sys.intern(k): sys.intern(v) for k, v in meta.labels.items()} if meta.labels else None
+    )
+    new_meta = msgspec.structs.replace(meta, **meta_changes)
+    if isinstance(obj, Pod):
+        return msgspec.structs.replace(
+            obj, metadata=new_meta, spec=PodSpec(nodeName=sys.intern(obj.spec.nodeName))
+        )
+    return msgspec.structs.replace(obj, metadata=new_meta)
+
+
+def content(obj: Object) -> tuple[object, ...]:
+    """What the reducer compares to tell a real change from churn: all but resourceVersion."""
+    m = obj.metadata
+    base: tuple[object, ...] = (
+        m.name,
+        m.namespace,
+        m.uid,
+        m.generateName,
+        m.labels,
+        m.ownerReferences,
+    )
+    if isinstance(obj, Pod):
+        return (*base, obj.spec.nodeName, obj.status.podIP)
+    if isinstance(obj, Service):
+        return (*base, obj.spec.selector)
+    return base

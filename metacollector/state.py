@@ -1,0 +1,115 @@
+"""ClusterState: the objects of the seven kinds and the indexes that answer "what does node N see".
+
+Holds one copy of each object plus, per pod, its computed refs and the non-pod keys it pulls into
+its node's view. ``key_nodes``/``node_keys`` count, per node, how many of its pods reference each
+non-pod key: a key is in ``view(N)`` while that count is positive and the object exists.
+Mutated only by ``metacollector.reducer``; read by mailboxes and renderers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from metacollector.model import KINDS, VIEW_OWNER_KINDS, Object, Pod, Service
+from metacollector.render import Refs, render_body
+
+Key = tuple[str, str]  # (kind, uid)
+
+
+@dataclass(slots=True)
+class PodEntry:
+    """What the state derived for one pod: its refs and the keys it pulls into its node's view."""
+
+    node: str
+    namespace: str
+    owner_uid: str
+    refs: Refs
+    related: tuple[Key, ...]
+
+
+@dataclass
+class ClusterState:
+    objects: dict[str, dict[str, Object]] = field(
+        default_factory=lambda: {kind: {} for kind in KINDS}
+    )
+    pods: dict[str, PodEntry] = field(default_factory=dict)
+    pods_by_node: dict[str, set[str]] = field(default_factory=dict)
+    pods_by_namespace: dict[str, set[str]] = field(default_factory=dict)
+    pods_by_owner: dict[str, set[str]] = field(default_factory=dict)
+    services_by_namespace: dict[str, dict[str, Service]] = field(default_factory=dict)
+    namespace_uids: dict[str, str] = field(default_factory=dict)  # name -> uid
+    key_nodes: dict[Key, dict[str, int]] = field(default_factory=dict)  # key -> node -> pod count
+    node_keys: dict[str, set[Key]] = field(default_factory=dict)  # node -> non-pod keys in view
+    bodies: dict[Key, bytes] = field(default_factory=dict)  # rendered-event cache
+
+    # --- queries ---------------------------------------------------------------------------
+    def get(self, key: Key) -> Object | None:
+        return self.objects[key[0]].get(key[1])
+
+    def in_view(self, node: str, key: Key) -> bool:
+        """Whether ``key`` is in ``view(node)`` right now (SPEC section 2)."""
+        kind, uid = key
+        if kind == "Pod":
+            entry = self.pods.get(uid)
+            return entry is not None and entry.node == node and node != ""
+        nodes = self.key_nodes.get(key)
+        return nodes is not None and node in nodes and uid in self.objects[kind]
+
+    def view(self, node: str) -> Iterator[Key]:
+        """Every key of ``view(node)``."""
+        for uid in self.pods_by_node.get(node, ()):
+            yield ("Pod", uid)
+        for key in self.node_keys.get(node, ()):
+            if key[1] in self.objects[key[0]]:
+                yield key
+
+    def body(self, key: Key) -> bytes:
+        """The rendered event body of an existing object, cached until the object changes."""
+        body = self.bodies.get(key)
+        if body is None:
+            kind, uid = key
+            obj = self.objects[kind][uid]
+            entry = self.pods.get(uid) if kind == "Pod" else None
+            body = render_body(kind, obj, entry.refs if entry else None)
+            self.bodies[key] = body
+        return body
+
+    def pod_refs(self, pod: Pod) -> tuple[Refs, tuple[Key, ...]]:
+        """A pod's refs (SPEC section 1) and the non-pod keys they pull into its node's view."""
+        meta = pod.metadata
+        refs: dict[str, tuple[str, ...]] = {}
+        related: list[Key] = []
+        ns_uid = self.namespace_uids.get(meta.namespace)
+        refs["Namespace"] = (ns_uid,) if ns_uid else ()
+        if ns_uid:
+            related.append(("Namespace", ns_uid))
+        owner = meta.controller()
+        if owner is not None and owner.kind and owner.uid:
+            refs[owner.kind] = (owner.uid,)
+            if owner.kind in VIEW_OWNER_KINDS:
+                related.append((owner.kind, owner.uid))
+            if owner.kind == "ReplicaSet":
+                rs = self.objects["ReplicaSet"].get(owner.uid)
+                grand = rs.metadata.controller() if rs is not None else None
+                if grand is not None and grand.kind and grand.uid:
+                    refs[grand.kind] = (grand.uid,)
+                    if grand.kind == "Deployment":
+                        related.append(("Deployment", grand.uid))
+        services = sorted(
+            uid
+            for uid, svc in self.services_by_namespace.get(meta.namespace, {}).items()
+            if selects(svc, pod)
+        )
+        refs["Service"] = tuple(services)
+        related.extend(("Service", uid) for uid in services)
+        return tuple(sorted(refs.items())), tuple(related)
+
+
+def selects(service: Service, pod: Pod) -> bool:
+    """A Service selects a pod when its selector is non-empty and a subset of the pod's labels."""
+    selector = service.spec.selector
+    if not selector:
+        return False
+    labels = pod.metadata.labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())

@@ -1,0 +1,122 @@
+"""Subscribers by node and their level-triggered mailboxes (ARCHITECTURE invariant 1).
+
+A mailbox holds the *set* of keys touched since they were last looked at, never a queue of
+events. When its sender has room, ``take`` compares each key's current state with what this
+subscriber last received and yields Create, Update or Delete, or nothing. A slow subscriber's
+mailbox is therefore bounded by its node's view, and it always ends on the true final state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from metacollector.model import KINDS
+from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
+from metacollector.state import ClusterState, Key
+
+# The Falco plugin asks for "ReplicaController" (sic); we serve it ReplicationControllers.
+KIND_ALIASES: Final = {"ReplicaController": "ReplicationController"}
+
+
+def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
+    """Kinds a subscriber receives: the known keys of its selector (aliases resolved)."""
+    return frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One message taken from a mailbox: protobuf bytes plus what metrics and latency need."""
+
+    message: bytes
+    kind: str
+    reason: str
+    marked_at: float
+
+
+@dataclass(eq=False)
+class Mailbox:
+    node: str
+    kinds: frozenset[str]
+    dirty: dict[Key, float] = field(default_factory=dict)  # key -> when first marked
+    sent: dict[Key, bytes] = field(default_factory=dict)  # key -> body last sent
+    on_ready: Callable[[], None] | None = None  # wakes the sender (set by the I/O layer)
+
+    def mark(self, key: Key, now: float) -> bool:
+        """Remember that ``key`` may have changed; True when it was not already pending."""
+        if key in self.dirty:
+            return False
+        self.dirty[key] = now
+        if self.on_ready is not None:
+            self.on_ready()
+        return True
+
+    def take(self, state: ClusterState, max_bytes: int) -> list[Sent]:
+        """The next events for this subscriber, up to about ``max_bytes`` (at least one)."""
+        out: list[Sent] = []
+        size = 0
+        dirty = self.dirty
+        while dirty and size < max_bytes:
+            key = next(iter(dirty))
+            marked_at = dirty.pop(key)
+            message = self._event_for(state, key)
+            if message is not None:
+                out.append(Sent(message[0], key[0], message[1], marked_at))
+                size += len(message[0])
+        return out
+
+    def _event_for(self, state: ClusterState, key: Key) -> tuple[bytes, str] | None:
+        last = self.sent.get(key)
+        if state.in_view(self.node, key):
+            body = state.body(key)
+            if last is None:
+                self.sent[key] = body
+                return CREATE_PREFIX + body, "Create"
+            if last is not body and last != body:
+                self.sent[key] = body
+                return UPDATE_PREFIX + body, "Update"
+            return None
+        if last is not None:
+            del self.sent[key]
+            return delete_message(*key), "Delete"
+        return None
+
+
+@dataclass
+class Subscriptions:
+    """Every subscriber, by node; routes the reducer's touched keys into their mailboxes."""
+
+    state: ClusterState
+    by_node: dict[str, set[Mailbox]] = field(default_factory=dict)
+
+    def subscribe(self, node: str, kinds: frozenset[str], now: float) -> Mailbox:
+        """Register a subscriber and queue its initial sync (every key of its view)."""
+        mailbox = Mailbox(node=node, kinds=kinds)
+        self.by_node.setdefault(node, set()).add(mailbox)
+        for key in self.state.view(node):
+            if key[0] in kinds:
+                mailbox.dirty[key] = now
+        return mailbox
+
+    def unsubscribe(self, mailbox: Mailbox) -> None:
+        members = self.by_node.get(mailbox.node)
+        if members is not None:
+            members.discard(mailbox)
+            if not members:
+                del self.by_node[mailbox.node]
+
+    def route(self, touched: Iterable[tuple[str, Key]], now: float) -> None:
+        """Mark each touched key in the mailboxes of its node's subscribers that want its kind."""
+        by_node = self.by_node
+        for node, key in touched:
+            for mailbox in by_node.get(node, ()):
+                if key[0] in mailbox.kinds:
+                    mailbox.mark(key, now)
+
+    def depth(self) -> int:
+        """Keys waiting to be looked at, summed over every subscriber."""
+        return sum(len(m.dirty) for members in self.by_node.values() for m in members)
+
+    def count(self) -> int:
+        return sum(len(members) for members in self.by_node.values())

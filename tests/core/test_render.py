@@ -1,0 +1,95 @@
+"""Byte-exact rendering of every kind (SPEC section 1)."""
+
+from __future__ import annotations
+
+import json
+
+from metacollector.proto import metadata_pb2 as pb
+from metacollector.render import (
+    CREATE_PREFIX,
+    UPDATE_PREFIX,
+    delete_message,
+    render_body,
+    render_meta,
+    render_status,
+)
+from tests.core import builders as b
+
+
+def test_pod_meta_status_refs_exact() -> None:
+    p = b.pod(
+        "web-7d9f-x2x9z",
+        "5eae",
+        labels={"app": "web", "pod-template-hash": "7d9f"},
+        generate_name="web-7d9f-",
+        ip="10.16.1.2",
+        owners=[b.owner("ReplicaSet", "8be7")],
+    )
+    assert render_meta("Pod", p) == (
+        b'{"generateName":"web-7d9f-","labels":{"app":"web","pod-template-hash":"7d9f"},'
+        b'"name":"web-7d9f-x2x9z","namespace":"shop","uid":"5eae"}'
+    )
+    assert render_status(p) == b'{"podIP":"10.16.1.2"}'
+    refs = (
+        ("Deployment", ("e56c",)),
+        ("Namespace", ("c51d",)),
+        ("ReplicaSet", ("8be7",)),
+        ("Service", ("b2af",)),
+    )
+    ev = pb.Event.FromString(CREATE_PREFIX + render_body("Pod", p, refs))
+    assert ev.reason == "Create" and ev.uid == "5eae" and ev.kind == "Pod"
+    assert not ev.HasField("spec")
+    assert {k: list(v.list) for k, v in ev.refs.resources.items()} == {
+        "Deployment": ["e56c"],
+        "Namespace": ["c51d"],
+        "ReplicaSet": ["8be7"],
+        "Service": ["b2af"],
+    }
+
+
+def test_status_empty_before_ip_and_meta_omits_empty_fields() -> None:
+    p = b.pod("bare", "u1")
+    assert render_status(p) == b"{}"
+    assert render_meta("Pod", p) == b'{"name":"bare","namespace":"shop","uid":"u1"}'
+
+
+def test_meta_matches_stdlib_json_for_every_kind() -> None:
+    labels = {"app.kubernetes.io/name": "web", "a": "1", "tier": "front-end_2.x"}
+    objs = {
+        "Namespace": b.namespace("shop", "ns1", labels=labels),
+        "Deployment": b.metadata_only("Deployment", "web", "d1", "shop", labels),
+        "ReplicaSet": b.metadata_only(
+            "ReplicaSet", "web-1", "r1", "shop", labels, [b.owner("Deployment", "d1")]
+        ),
+        "DaemonSet": b.metadata_only("DaemonSet", "agent", "ds1", "kube-system", labels),
+        "ReplicationController": b.metadata_only("ReplicationController", "rc", "rc1", "shop"),
+        "Service": b.service("web", "s1", selector={"app": "web"}, labels=labels),
+    }
+    for kind, obj in objs.items():
+        doc = {"name": obj.metadata.name, "uid": obj.metadata.uid}
+        if obj.metadata.labels:
+            doc["labels"] = obj.metadata.labels
+        if kind != "Namespace":
+            doc["namespace"] = obj.metadata.namespace
+        expected = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        assert render_meta(kind, obj) == expected, kind
+        ev = pb.Event.FromString(UPDATE_PREFIX + render_body(kind, obj, None))
+        assert ev.reason == "Update" and ev.kind == kind
+        assert not ev.HasField("status") and not ev.HasField("refs") and not ev.HasField("spec")
+    assert b"annotations" not in render_meta("Namespace", objs["Namespace"])
+    assert b"ownerReferences" not in render_meta("ReplicaSet", objs["ReplicaSet"])
+
+
+def test_delete_carries_only_reason_uid_kind() -> None:
+    ev = pb.Event.FromString(delete_message("Service", "s1"))
+    assert ev.reason == "Delete" and ev.uid == "s1" and ev.kind == "Service"
+    for name in ("meta", "spec", "status", "refs"):
+        assert not ev.HasField(name)
+
+
+def test_pod_without_any_ref_still_has_refs() -> None:
+    ev = pb.Event.FromString(
+        render_body("Pod", b.pod("p", "u"), (("Namespace", ()), ("Service", ())))
+    )
+    assert ev.HasField("refs")
+    assert set(ev.refs.resources) == {"Namespace", "Service"}

@@ -10,12 +10,12 @@ a node's view when its last referencing pod there goes (SPEC section 2's deliber
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from metacollector.changes import ObjectChange, Reason
 from metacollector.model import Object, Pod, Service, content
 from metacollector.render import render_meta, render_status
-from metacollector.state import ClusterState, Key, PodEntry
+from metacollector.state import ClusterState, Key, PodEntry, index_label
 
 ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
 Touched = list[tuple[str, Key]]
@@ -99,7 +99,13 @@ class Reducer:
             _add(st.pods_by_node, new_entry.node, uid)
             _add(st.pods_by_namespace, new_entry.namespace, uid)
             _add(st.pods_by_owner, new_entry.owner_uid, uid)
-        self._move_refs(old_entry, new_entry, touched)
+        if not (
+            old_entry is not None
+            and new_entry is not None
+            and old_entry.node == new_entry.node
+            and old_entry.related == new_entry.related
+        ):
+            self._move_refs(old_entry, new_entry, touched)
         key: Key = ("Pod", uid)
         if old_entry is not None and old_entry.node:
             touched.append((old_entry.node, key))
@@ -172,14 +178,11 @@ class Reducer:
             touched.append((node, key))
 
     def _index_service(self, uid: str, old: Object | None, new: Object | None) -> None:
-        namespace = (new or old).metadata.namespace  # type: ignore[union-attr]
-        services = self.state.services_by_namespace.setdefault(namespace, {})
-        if isinstance(new, Service):
-            services[uid] = new
-        else:
-            services.pop(uid, None)
-            if not services:
-                del self.state.services_by_namespace[namespace]
+        index = self.state.services_by_label
+        if isinstance(old, Service) and (label := index_label(old)) is not None:
+            _discard(index, label, uid)
+        if isinstance(new, Service) and (label := index_label(new)) is not None:
+            index.setdefault(label, set()).add(uid)
 
     def _record(self, kind: str, old: Object | None, new: Object | None) -> None:
         """Collect the cluster-wide change for the CloudEvents sink, when asked to."""
@@ -214,7 +217,11 @@ def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
         index.setdefault(key, set()).add(uid)
 
 
-def _discard(index: dict[str, set[Key]] | dict[str, set[str]], key: str, item: object) -> None:
+def _discard(
+    index: dict[str, set[Key]] | dict[str, set[str]] | dict[tuple[str, str, str], set[str]],
+    key: Any,
+    item: object,
+) -> None:
     members = index.get(key)
     if members is not None:
         members.discard(item)

@@ -37,7 +37,9 @@ class ClusterState:
     pods_by_node: dict[str, set[str]] = field(default_factory=dict)
     pods_by_namespace: dict[str, set[str]] = field(default_factory=dict)
     pods_by_owner: dict[str, set[str]] = field(default_factory=dict)
-    services_by_namespace: dict[str, dict[str, Service]] = field(default_factory=dict)
+    # Services with a non-empty selector, by (namespace, one label of their selector): a pod
+    # only needs to check the services indexed under its own labels.
+    services_by_label: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
     namespace_uids: dict[str, str] = field(default_factory=dict)  # name -> uid
     key_nodes: dict[Key, dict[str, int]] = field(default_factory=dict)  # key -> node -> pod count
     node_keys: dict[str, set[Key]] = field(default_factory=dict)  # node -> non-pod keys in view
@@ -96,14 +98,34 @@ class ClusterState:
                     refs[grand.kind] = (grand.uid,)
                     if grand.kind == "Deployment":
                         related.append(("Deployment", grand.uid))
-        services = sorted(
-            uid
-            for uid, svc in self.services_by_namespace.get(meta.namespace, {}).items()
-            if selects(svc, pod)
-        )
+        services = sorted(self.matching_services(pod))
         refs["Service"] = tuple(services)
         related.extend(("Service", uid) for uid in services)
         return tuple(sorted(refs.items())), tuple(related)
+
+    def matching_services(self, pod: Pod) -> set[str]:
+        """UIDs of the Services in the pod's namespace that select it."""
+        labels = pod.metadata.labels
+        if not labels:
+            return set()
+        namespace = pod.metadata.namespace
+        found: set[str] = set()
+        services = self.objects["Service"]
+        for label in labels.items():
+            for uid in self.services_by_label.get((namespace, *label), ()):
+                svc = services[uid]
+                assert isinstance(svc, Service)
+                if uid not in found and selects(svc, pod):
+                    found.add(uid)
+        return found
+
+
+def index_label(service: Service) -> tuple[str, str, str] | None:
+    """The (namespace, key, value) a Service is indexed under; None when it selects nothing."""
+    selector = service.spec.selector
+    if not selector:
+        return None
+    return (service.metadata.namespace, *min(selector.items()))
 
 
 def selects(service: Service, pod: Pod) -> bool:

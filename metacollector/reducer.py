@@ -77,13 +77,8 @@ class Reducer:
         self, uid: str, old: Object | None, new: Object | None, touched: Touched
     ) -> None:
         st = self.state
-        old_entry = st.pods.get(uid)
+        old_entry = st.pods.pop(uid, None)
         self._set("Pod", uid, new)
-        if old_entry is not None:
-            _discard(st.pods_by_node, old_entry.node, uid)
-            _discard(st.pods_by_namespace, old_entry.namespace, uid)
-            _discard(st.pods_by_owner, old_entry.owner_uid, uid)
-            del st.pods[uid]
         new_entry: PodEntry | None = None
         if isinstance(new, Pod):
             refs, related = st.pod_refs(new)
@@ -96,9 +91,17 @@ class Reducer:
                 related=related,
             )
             st.pods[uid] = new_entry
-            _add(st.pods_by_node, new_entry.node, uid)
-            _add(st.pods_by_namespace, new_entry.namespace, uid)
-            _add(st.pods_by_owner, new_entry.owner_uid, uid)
+        for index, attr in (
+            (st.pods_by_node, "node"),
+            (st.pods_by_namespace, "namespace"),
+            (st.pods_by_owner, "owner_uid"),
+        ):
+            before = getattr(old_entry, attr) if old_entry is not None else ""
+            after = getattr(new_entry, attr) if new_entry is not None else ""
+            if before != after or new_entry is None:
+                _discard(index, before, uid)
+            if before != after or old_entry is None:
+                _add(index, after, uid)
         if not (
             old_entry is not None
             and new_entry is not None

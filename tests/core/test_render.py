@@ -93,4 +93,3 @@ def test_pod_without_any_ref_still_has_refs() -> None:
     )
     assert ev.HasField("refs")
     assert set(ev.refs.resources) == {"Namespace", "Service"}
-

@@ -45,7 +45,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-connections", type=int, default=10000)
     p.add_argument("--max-streams-per-connection", type=int, default=1024)
-    p.add_argument("--max-subscribers-per-node", type=int, default=64)
+    p.add_argument("--max-subscribers-per-node", type=int, default=256)
     p.add_argument(
         "--streaming-list",
         action="store_true",

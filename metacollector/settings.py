@@ -56,7 +56,7 @@ class Settings:
     stall_timeout: float = 30.0
     max_connections: int = 10000
     max_streams_per_connection: int = 1024
-    max_subscribers_per_node: int = 64
+    max_subscribers_per_node: int = 256
     streaming_list: bool = False
 
     def __post_init__(self) -> None:

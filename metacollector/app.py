@@ -1,0 +1,190 @@
+"""`metacollector run`: one nursery that owns every part of the collector.
+
+Reflectors (one per kind) -> hub (reducer + mailboxes) -> gRPC Watch streams; the HTTP server
+for probes and metrics; the optional CloudEvents sink. Cancelling the nursery is the clean
+shutdown: GOAWAY and UNAVAILABLE to gRPC peers, CloudEvents flushed within their deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
+from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
+from metacollector.grpc.server import StartupError as GrpcStartupError
+from metacollector.grpc.watch import WatchService
+from metacollector.http import Readiness, serve_http
+from metacollector.http import StartupError as HttpStartupError
+from metacollector.hub import Hub
+from metacollector.kube.auth import CredentialError
+from metacollector.kube.client import make_client
+from metacollector.kube.config import KubeConfig, KubeConfigError, load_config
+from metacollector.kube.reflector import Reflector
+from metacollector.kube.resources import RESOURCES
+from metacollector.log import configure_logging
+from metacollector.model import KIND_TYPES, intern_strings
+from metacollector.settings import Settings
+
+log = logging.getLogger("metacollector")
+
+WATCH_PATH = "/metadata.Metadata/Watch"
+
+
+@dataclass
+class Running:
+    """What a started collector exposes to its caller (tests, demo, bench)."""
+
+    hub: Hub
+    grpc_port: int
+    metrics_port: int | None
+    health_port: int | None
+    reflectors: Sequence[Reflector[Any]]
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+def relist_grace_check(reflectors: Sequence[Reflector[Any]], grace: float) -> Any:
+    """Readiness: every reflector synced, and none relisting for longer than ``grace``."""
+
+    def check() -> bool | str:
+        now = trio.current_time()
+        for r in reflectors:
+            if not r.synced.is_set():
+                return f"{r.resource.plural}: not synced"
+            if r.relisting_since is not None and now - r.relisting_since > grace:
+                return f"{r.resource.plural}: relisting for {now - r.relisting_since:.0f}s"
+        return True
+
+    return check
+
+
+def default_source(cfg: KubeConfig) -> str:
+    return f"/metacollector/{cfg.cluster_name or urlsplit(cfg.server).hostname or 'cluster'}"
+
+
+async def serve(
+    settings: Settings,
+    *,
+    kubeconfig: KubeConfig | None = None,
+    readiness_grace: float = 10.0,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the collector until cancelled; ``task_status.started`` once every port listens."""
+    cfg = kubeconfig or load_config(settings.kubeconfig, settings.context)
+    sink_settings = settings_from_env(
+        settings.cloudevents_sink,
+        settings.cloudevents_source or default_source(cfg),
+        mode=settings.cloudevents_mode,
+    )
+    sink = CloudEventsSink(sink_settings) if sink_settings is not None else None
+    hub = Hub(offer=sink.offer if sink is not None else None)
+    ssl_context = None
+    if settings.server_cert and settings.server_key:
+        ssl_context = server_ssl_context(
+            settings.server_cert, settings.server_key, settings.client_ca
+        )
+    watch = WatchService(
+        hub,
+        node_binding=settings.node_binding,
+        max_subscribers_per_node=settings.max_subscribers_per_node,
+    )
+    server = GrpcServer(
+        {WATCH_PATH: watch.watch},
+        ssl_context=ssl_context,
+        limits=ServerLimits(
+            max_connections=settings.max_connections,
+            max_streams_per_connection=settings.max_streams_per_connection,
+            stall_timeout=settings.stall_timeout,
+        ),
+    )
+    async with make_client(cfg) as client, trio.open_nursery() as nursery:
+        send, receive = trio.open_memory_channel[Sequence[Any]](16)
+        reflectors = [
+            Reflector(
+                client,
+                resource,
+                KIND_TYPES[resource.kind],
+                send.clone(),
+                prepare=intern_strings,
+                streaming_list=settings.streaming_list,
+            )
+            for resource in RESOURCES
+        ]
+        send.close()
+        nursery.start_soon(hub.run, receive)
+        for reflector in reflectors:
+            nursery.start_soon(reflector.run)
+        if sink is not None:
+            await nursery.start(sink.run)
+        grpc_listening = False
+        readiness = Readiness()
+        readiness.add_check("reflectors", relist_grace_check(reflectors, readiness_grace))
+        readiness.add_check("grpc", lambda: grpc_listening or "gRPC port not listening")
+        bind = settings.broker_bind
+        grpc_port = await nursery.start(server.serve, bind.host, bind.port)
+        grpc_listening = True
+        log.info("starting grpc server", extra={"address": f"{bind.host}:{grpc_port}"})
+        metrics_port, health_port = await nursery.start(
+            serve_http, settings.metrics_bind, settings.health_bind, readiness
+        )
+        task_status.started(
+            Running(hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope)
+        )
+
+
+async def _main(settings: Settings) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, settings)
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+
+
+def run_app(settings: Settings) -> int:
+    """`metacollector run`: exit 0 on a signal, 1 with one line on a startup error."""
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        trio.run(_main, settings)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        startup = _startup_error(exc)
+        if startup is None:
+            raise
+        print(f"metacollector: error: {startup}", file=sys.stderr)
+        return 1
+    return 0
+
+
+STARTUP_ERRORS = (
+    KubeConfigError,
+    CredentialError,
+    GrpcStartupError,
+    HttpStartupError,
+    SinkConfigError,
+)
+
+
+def _startup_error(exc: BaseException) -> BaseException | None:
+    """The startup error inside ``exc`` (trio wraps task errors in exception groups)."""
+    if isinstance(exc, STARTUP_ERRORS):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None

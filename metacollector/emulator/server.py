@@ -1,0 +1,660 @@
+"""The emulator's HTTP server (h11 on trio): REST, discovery, lists, watches, admin, faults.
+
+Error bodies are ``kind: Status`` objects with the real server's reasons and codes. Watches are
+chunked NDJSON. Fault injection (``Faults``) can be set at start or at run time through
+``POST /admin/faults``; ``GET /admin/stats`` reports requests, watches and bytes served.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import msgspec
+import trio
+
+from metacollector.emulator import discovery
+from metacollector.emulator.patch import merge_patch
+from metacollector.emulator.selectors import SelectorError, object_filter
+from metacollector.emulator.store import (
+    RESOURCES,
+    AlreadyExists,
+    Conflict,
+    Event,
+    Expired,
+    NotFound,
+    Obj,
+    Store,
+)
+
+log = logging.getLogger("metacollector.emulator")
+_current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
+_encode = msgspec.json.Encoder().encode
+PARTIAL = "as=PartialObjectMetadata"
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+@dataclass
+class Faults:
+    """Injected misbehaviour; counts are consumed as requests or watches use them."""
+
+    drop_watch_after: int = 0  # close every watch connection after N events (0 = never)
+    throttle_requests: int = 0  # answer the next N requests with 429
+    retry_after: int = 1
+    error_requests: int = 0  # answer the next N requests with 500
+    malformed_lines: int = 0  # inject a garbage line before the next N watch events
+    slow_write_delay: float = 0.0  # seconds to sleep before each watch write
+
+
+@dataclass
+class Stats:
+    requests: dict[str, int] = field(default_factory=dict)
+    watches_opened: int = 0
+    watches_open: int = 0
+    bytes_served: int = 0
+    list_bytes: int = 0
+    watch_bytes: int = 0
+
+
+class HTTPError(Exception):
+    def __init__(
+        self, code: int, reason: str, message: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message = code, reason, message
+        self.headers = headers or []
+
+
+def status_body(code: int, reason: str, message: str) -> bytes:
+    return _encode(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
+    )
+
+
+def partial(obj: Obj, list_item: bool = False) -> Obj:
+    out: Obj = {"metadata": obj["metadata"]}
+    if not list_item:
+        out = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", **out}
+    return out
+
+
+@dataclass
+class Route:
+    plural: str
+    namespace: str
+    name: str
+    subresource: str
+
+
+def parse_path(path: str) -> Route | None:
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        rest = parts[2:]
+    elif parts[:3] == ["apis", "apps", "v1"]:
+        rest = parts[3:]
+    else:
+        return None
+    namespace = ""
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in RESOURCES:
+        namespace, rest = rest[1], rest[2:]
+    if not rest or rest[0] not in RESOURCES:
+        return None
+    info = RESOURCES[rest[0]]
+    if (info.group == "apps") != (parts[0] == "apis"):
+        return None
+    return Route(
+        rest[0], namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
+    )
+
+
+class Emulator:
+    def __init__(
+        self,
+        *,
+        token: str = "emulator-token",
+        history_size: int = 10000,
+        bookmark_interval: float = 60.0,
+        streaming_lists: bool = True,
+        faults: Faults | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.store = Store(history_size=history_size)
+        self.tokens = {token}
+        self.bookmark_interval = bookmark_interval
+        self.streaming_lists = streaming_lists
+        self.faults = faults or Faults()
+        self.stats = Stats()
+        self.ssl_context = ssl_context
+        self._connections: set[trio.CancelScope] = set()
+
+    # --- serving ---------------------------------------------------------------------------
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        served: list[Any] = list(listeners)
+        if self.ssl_context is not None:
+            ctx = self.ssl_context
+            served = [trio.SSLListener(lst, ctx, https_compatible=True) for lst in listeners]
+        task_status.started(bound)
+        await trio.serve_listeners(self._connection, served)
+
+    def restart(self, keep: trio.CancelScope | None = None) -> None:
+        """New resourceVersion epoch and every open connection dropped (see Store.new_epoch)."""
+        self.store.new_epoch()
+        for scope in list(self._connections):
+            if scope is not keep:
+                scope.cancel()
+
+    async def _connection(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        with trio.CancelScope() as scope:
+            self._connections.add(scope)
+            _current_connection.set(scope)
+            try:
+                await self._serve_connection(stream, conn)
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                h11.ProtocolError,
+                ssl.SSLError,
+                OSError,
+            ):
+                pass
+            finally:
+                self._connections.discard(scope)
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.abc.Stream, conn: h11.Connection) -> None:
+        """Requests one after another (keep-alive) until the peer closes or a watch ends."""
+        while True:
+            request: h11.Request | None = None
+            body = b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
+                elif isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:  # ConnectionClosed or PAUSED
+                    return
+            assert request is not None
+            keep = await self._respond(stream, conn, request, body)
+            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _send(self, stream: trio.abc.Stream, conn: h11.Connection, event: Any) -> None:
+        data = conn.send(event)
+        if data:
+            self.stats.bytes_served += len(data)
+            await stream.send_all(data)
+
+    async def _respond(
+        self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, body: bytes
+    ) -> bool:
+        method = req.method.decode()
+        target = req.target.decode()
+        headers = {k.decode().lower(): v.decode() for k, v in req.headers}
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            self._authorize(headers, url.path)
+            result = await self._dispatch(method, url.path, query, headers, body)
+        except HTTPError as exc:
+            payload = status_body(exc.code, exc.reason, exc.message)
+            await self._full(stream, conn, exc.code, payload, exc.headers)
+            return True
+        except Exception:
+            log.exception("emulator handler failed")
+            await self._full(stream, conn, 500, status_body(500, "InternalError", "internal error"))
+            return True
+        if isinstance(result, tuple):
+            code, payload = result
+            await self._full(stream, conn, code, payload)
+            return True
+        await self._stream(stream, conn, result)
+        return False  # a watch ends the connection's keep-alive cycle
+
+    async def _full(
+        self,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        code: int,
+        payload: bytes,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            *(extra or []),
+        ]
+        await self._send(stream, conn, h11.Response(status_code=code, headers=headers))
+        await self._send(stream, conn, h11.Data(data=payload))
+        await self._send(stream, conn, h11.EndOfMessage())
+
+    async def _stream(
+        self, stream: trio.abc.Stream, conn: h11.Connection, chunks: AsyncIterator[bytes]
+    ) -> None:
+        await self._send(
+            stream,
+            conn,
+            h11.Response(
+                status_code=200,
+                headers=[("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")],
+            ),
+        )
+        self.stats.watches_opened += 1
+        self.stats.watches_open += 1
+        try:
+            async for chunk in chunks:
+                if self.faults.slow_write_delay:
+                    await trio.sleep(self.faults.slow_write_delay)
+                self.stats.watch_bytes += len(chunk)
+                await self._send(stream, conn, h11.Data(data=chunk))
+            await self._send(stream, conn, h11.EndOfMessage())
+        except _Drop:
+            return  # the connection is closed without ending the chunked body
+        finally:
+            self.stats.watches_open -= 1
+
+    def _authorize(self, headers: dict[str, str], path: str) -> None:
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:].strip() not in self.tokens:
+            raise HTTPError(401, "Unauthorized", "Unauthorized")
+
+    # --- routing ---------------------------------------------------------------------------
+    async def _dispatch(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes] | AsyncIterator[bytes]:
+        if path.startswith("/admin/"):
+            return self._admin(method, path, body)
+        verb = method.lower()
+        key = f"{verb} {path.split('?')[0]}"
+        doc = discovery.document(path)
+        if doc is not None and method == "GET":
+            self._count("get discovery")
+            return 200, doc
+        route = parse_path(path)
+        if route is None:
+            raise HTTPError(
+                404, "NotFound", f"the server could not find the requested resource ({path})"
+            )
+        is_watch = query.get("watch") in ("1", "true")
+        self._count(f"{'watch' if is_watch else verb} {route.plural}")
+        del key
+        f = self.faults
+        if f.throttle_requests > 0:
+            f.throttle_requests -= 1
+            raise HTTPError(
+                429, "TooManyRequests", "too many requests", [("Retry-After", str(f.retry_after))]
+            )
+        if f.error_requests > 0:
+            f.error_requests -= 1
+            raise HTTPError(500, "InternalError", "injected server error")
+        info = RESOURCES[route.plural]
+        metadata_only = PARTIAL in headers.get("accept", "")
+        if method == "GET" and not route.name:
+            if is_watch:
+                return self._watch(route, query, metadata_only)
+            return 200, self._list(route, query, metadata_only)
+        if method == "GET":
+            stored = self._get(route)
+            return 200, _encode(partial(stored.obj)) if metadata_only else stored.data
+        if method == "POST" and not route.name:
+            obj = self._body(body)
+            meta = obj.setdefault("metadata", {})
+            if info.namespaced:
+                if (
+                    meta.get("namespace")
+                    and route.namespace
+                    and meta["namespace"] != route.namespace
+                ):
+                    raise HTTPError(
+                        400,
+                        "BadRequest",
+                        "the namespace of the object does not match the namespace on the request",
+                    )
+                meta["namespace"] = route.namespace or meta.get("namespace") or "default"
+                if ("", meta["namespace"]) not in self.store.objects["namespaces"]:
+                    raise HTTPError(404, "NotFound", f'namespaces "{meta["namespace"]}" not found')
+            if not meta.get("name") and not meta.get("generateName"):
+                raise HTTPError(
+                    422, "Invalid", f"{info.kind} is invalid: metadata.name: Required value"
+                )
+            try:
+                return 201, self.store.create(route.plural, obj).data
+            except AlreadyExists:
+                raise HTTPError(
+                    409, "AlreadyExists", f'{route.plural} "{meta["name"]}" already exists'
+                ) from None
+        if method == "PUT" and route.name:
+            obj = self._body(body)
+            obj.setdefault("metadata", {}).update(name=route.name)
+            if info.namespaced:
+                obj["metadata"]["namespace"] = route.namespace
+            return 200, self._update(route, obj)
+        if method == "PATCH" and route.name:
+            content_type = headers.get("content-type", "").split(";")[0].strip()
+            if content_type not in (
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+            ):
+                raise HTTPError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type})",
+                )
+            current = self._get(route)
+            patched = merge_patch(json.loads(current.data), self._body(body))
+            patched["metadata"]["resourceVersion"] = ""
+            return 200, self._update(route, patched)
+        if method == "DELETE" and route.name:
+            try:
+                return 200, self.store.delete(route.plural, route.namespace, route.name).data
+            except NotFound:
+                raise self._not_found(route) from None
+        raise HTTPError(405, "MethodNotAllowed", f"method {method} not allowed on {path}")
+
+    def _count(self, key: str) -> None:
+        self.stats.requests[key] = self.stats.requests.get(key, 0) + 1
+
+    def _not_found(self, route: Route) -> HTTPError:
+        return HTTPError(404, "NotFound", f'{route.plural} "{route.name}" not found')
+
+    def _get(self, route: Route) -> Any:
+        try:
+            return self.store.get(route.plural, route.namespace, route.name)
+        except NotFound:
+            raise self._not_found(route) from None
+
+    def _update(self, route: Route, obj: Obj) -> bytes:
+        if route.subresource not in ("", "status") or (
+            route.subresource and route.plural != "pods"
+        ):
+            raise HTTPError(404, "NotFound", f"subresource {route.subresource} not found")
+        try:
+            return self.store.update(route.plural, obj, subresource=route.subresource).data
+        except NotFound:
+            raise self._not_found(route) from None
+        except Conflict:
+            raise HTTPError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {route.plural} "{route.name}": the object has been modified; please apply your changes to the latest version and try again',
+            ) from None
+
+    @staticmethod
+    def _body(body: bytes) -> Obj:
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise HTTPError(400, "BadRequest", "request body is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise HTTPError(400, "BadRequest", "request body must be a JSON object")
+        return obj
+
+    # --- lists -----------------------------------------------------------------------------
+    def _filter(self, route: Route, query: dict[str, str]) -> Callable[[Obj], bool] | None:
+        try:
+            predicate = object_filter(
+                query.get("labelSelector"), query.get("fieldSelector"), route.plural
+            )
+        except SelectorError as exc:
+            raise HTTPError(400, "BadRequest", str(exc)) from None
+        if route.namespace:
+            ns = route.namespace
+            inner = predicate
+            return lambda o: o["metadata"].get("namespace") == ns and (inner is None or inner(o))
+        return predicate
+
+    def _list(self, route: Route, query: dict[str, str], metadata_only: bool) -> bytes:
+        store = self.store
+        limit = int(query.get("limit") or 0)
+        rv_param = query.get("resourceVersion", "")
+        match = query.get("resourceVersionMatch", "")
+        cont = query.get("continue", "")
+        predicate = self._filter(route, query)
+        if cont:
+            try:
+                token = json.loads(base64.urlsafe_b64decode(cont))
+                snapshot_rv, snap_id, offset = token["rv"], token["id"], token["offset"]
+            except (ValueError, KeyError, TypeError):
+                raise HTTPError(400, "BadRequest", "invalid continue token") from None
+            snap = store.snapshots.get(snap_id)
+            if snap is None:
+                raise HTTPError(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                )
+            items = snap[1]
+        else:
+            if match == "Exact" and rv_param and int(rv_param) != store.rv:
+                if int(rv_param) < store.compacted_rv:
+                    raise HTTPError(410, "Expired", f"Too large resource version: {rv_param}")
+                raise HTTPError(
+                    410,
+                    "Expired",
+                    f"resourceVersion {rv_param} is not the current one (the emulator keeps no older snapshots)",
+                )
+            if rv_param not in ("", "0") and int(rv_param) > store.rv:
+                raise HTTPError(
+                    504, "Timeout", f"Too large resource version: {rv_param}, current: {store.rv}"
+                )
+            snapshot_rv, offset = store.rv, 0
+            items = [s for s in store.items(route.plural) if predicate is None or predicate(s.obj)]
+            snap_id = ""
+        page = items[offset : offset + limit] if limit else items[offset:]
+        next_offset = offset + len(page)
+        token = ""
+        if limit and next_offset < len(items):
+            if not snap_id:
+                snap_id = f"{snapshot_rv}-{len(store.snapshots)}-{id(items)}"
+                store.snapshots[snap_id] = (snapshot_rv, items)
+                while len(store.snapshots) > 64:
+                    store.snapshots.pop(next(iter(store.snapshots)))
+            token = base64.urlsafe_b64encode(
+                json.dumps({"rv": snapshot_rv, "id": snap_id, "offset": next_offset}).encode()
+            ).decode()
+        elif snap_id:
+            store.snapshots.pop(snap_id, None)
+        info = RESOURCES[route.plural]
+        meta: Obj = {"resourceVersion": str(snapshot_rv)}
+        if token:
+            meta["continue"] = token
+            meta["remainingItemCount"] = len(items) - next_offset
+        if metadata_only:
+            head = {
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+            }
+            body = b",".join(_encode(partial(s.obj, list_item=True)) for s in page)
+        else:
+            head = {"kind": f"{info.kind}List", "apiVersion": info.api_version, "metadata": meta}
+            body = b",".join(s.data for s in page)
+        out = _encode(head)[:-1] + b',"items":[' + body + b"]}"
+        self.stats.list_bytes += len(out)
+        return out
+
+    # --- watches ---------------------------------------------------------------------------
+    def _watch(
+        self, route: Route, query: dict[str, str], metadata_only: bool
+    ) -> AsyncIterator[bytes]:
+        store = self.store
+        predicate = self._filter(route, query)
+        rv_param = query.get("resourceVersion", "")
+        bookmarks = query.get("allowWatchBookmarks") in ("1", "true")
+        initial = query.get("sendInitialEvents") in ("1", "true")
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        if initial:
+            if not self.streaming_lists:
+                raise HTTPError(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+                )
+            if query.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks:
+                raise HTTPError(
+                    422,
+                    "Invalid",
+                    "sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true",
+                )
+        try:
+            since = store.rv if rv_param in ("", "0") or initial else int(rv_param)
+        except ValueError:
+            raise HTTPError(400, "BadRequest", f"invalid resourceVersion {rv_param!r}") from None
+        if since > store.rv:
+            raise HTTPError(
+                504, "Timeout", f"Too large resource version: {since}, current: {store.rv}"
+            )
+        synthetic = rv_param in ("", "0") or initial
+        try:
+            watcher, live, backlog = store.watch(route.plural, since, predicate)
+        except Expired:
+            raise HTTPError(
+                410, "Expired", f"too old resource version: {since} ({store.compacted_rv})"
+            ) from None
+        initial_items = (
+            [s for s in store.items(route.plural) if predicate is None or predicate(s.obj)]
+            if synthetic
+            else []
+        )
+        info = RESOURCES[route.plural]
+        faults = self.faults
+
+        def line(event: Event) -> bytes:
+            if metadata_only:
+                return _encode({"type": event.type, "object": partial(event.obj)}) + b"\n"
+            return event.line()
+
+        def bookmark(rv: int, end: bool = False) -> bytes:
+            meta: Obj = {"resourceVersion": str(rv)}
+            if end:
+                meta["annotations"] = {INITIAL_EVENTS_END: "true"}
+            kind = "PartialObjectMetadata" if metadata_only else info.kind
+            api = "meta.k8s.io/v1" if metadata_only else info.api_version
+            return (
+                _encode(
+                    {
+                        "type": "BOOKMARK",
+                        "object": {"kind": kind, "apiVersion": api, "metadata": meta},
+                    }
+                )
+                + b"\n"
+            )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            last_rv = since
+            try:
+                with trio.move_on_after(timeout):
+                    for stored in initial_items:
+                        yield line(Event(stored.rv, route.plural, "ADDED", stored.obj, stored.data))
+                    if initial:
+                        yield bookmark(store.rv, end=True)
+                    pending = list(backlog)
+                    next_bookmark = trio.current_time() + self.bookmark_interval
+                    while True:
+                        for event in pending:
+                            if event.rv <= last_rv:
+                                continue
+                            if faults.malformed_lines > 0:
+                                faults.malformed_lines -= 1
+                                yield b'{"type":"MODIFIED","object":{"this is not json\n'
+                            yield line(event)
+                            last_rv = event.rv
+                            sent += 1
+                            if faults.drop_watch_after and sent >= faults.drop_watch_after:
+                                raise _Drop()
+                        pending = []
+                        if watcher.expired and live.statistics().current_buffer_used == 0:
+                            yield (
+                                _encode(
+                                    {
+                                        "type": "ERROR",
+                                        "object": {
+                                            "kind": "Status",
+                                            "apiVersion": "v1",
+                                            "metadata": {},
+                                            "status": "Failure",
+                                            "message": "The resourceVersion for the provided watch is too old.",
+                                            "reason": "Expired",
+                                            "code": 410,
+                                        },
+                                    }
+                                )
+                                + b"\n"
+                            )
+                            return
+                        with trio.move_on_at(next_bookmark):
+                            received = await live.receive()
+                            if received is None:
+                                continue
+                            pending = [received]
+                        if not pending and trio.current_time() >= next_bookmark:
+                            next_bookmark = trio.current_time() + self.bookmark_interval
+                            if bookmarks:
+                                yield bookmark(store.rv)
+            finally:
+                store.unwatch(watcher)
+
+        return chunks()
+
+    # --- admin -----------------------------------------------------------------------------
+    def _admin(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        if path == "/admin/stats" and method == "GET":
+            return 200, _encode(
+                {
+                    **asdict(self.stats),
+                    "resourceVersion": self.store.rv,
+                    "faults": asdict(self.faults),
+                }
+            )
+        if path == "/admin/faults" and method == "POST":
+            changes = self._body(body)
+            for key, value in changes.items():
+                if not hasattr(self.faults, key):
+                    raise HTTPError(400, "BadRequest", f"unknown fault {key!r}")
+                setattr(self.faults, key, type(getattr(self.faults, key))(value))
+            return 200, _encode(asdict(self.faults))
+        if path == "/admin/compact" and method == "POST":
+            self.store.compact()
+            return 200, b"{}"
+        if path == "/admin/restart" and method == "POST":
+            self.restart(keep=_current_connection.get(None))
+            return 200, b"{}"
+        if path == "/admin/tokens" and method == "POST":
+            self.tokens = set(self._body(body)["tokens"])
+            return 200, b"{}"
+        if path == "/admin/reset-stats" and method == "POST":
+            self.stats = Stats()
+            return 200, b"{}"
+        raise HTTPError(404, "NotFound", f"no admin endpoint {method} {path}")
+
+
+class _Drop(Exception):
+    """Injected fault: drop the watch connection without a clean end."""

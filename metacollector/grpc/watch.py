@@ -1,0 +1,113 @@
+"""The `/metadata.Metadata/Watch` handler: Selector -> subscription -> stream of Events.
+
+Sends the initial sync, then whatever the subscriber's level-triggered mailbox yields, in
+batches of up to ``BATCH_BYTES`` so several messages share one DATA frame and write. It never
+returns normally: streams end by cancellation (shutdown: the server answers UNAVAILABLE), by the
+peer, or with an error status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from google.protobuf.message import DecodeError
+
+from metacollector import metrics
+from metacollector.grpc.server import ServerStream
+from metacollector.grpc.status import GrpcError, Status
+from metacollector.hub import Hub
+from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import selected_kinds
+
+log = logging.getLogger("metacollector.grpc")
+
+BATCH_BYTES = 256 * 1024
+_subscriber_ids = itertools.count(1)
+
+
+def cert_names(peer_cert: dict[str, Any] | None) -> set[str]:
+    """The CN and DNS SANs of a client certificate (as returned by SSLSocket.getpeercert)."""
+    if not peer_cert:
+        return set()
+    names = {
+        value for rdn in peer_cert.get("subject", ()) for key, value in rdn if key == "commonName"
+    }
+    names.update(value for kind, value in peer_cert.get("subjectAltName", ()) if kind == "DNS")
+    return names
+
+
+@dataclass
+class WatchService:
+    hub: Hub
+    node_binding: bool = False
+    max_subscribers_per_node: int = 256
+
+    async def watch(self, request: bytes, stream: ServerStream) -> None:
+        try:
+            selector = pb.Selector.FromString(request)
+        except DecodeError as exc:
+            raise GrpcError(Status.INVALID_ARGUMENT, f"undecodable Selector: {exc}") from None
+        node = selector.nodeName
+        if not node:
+            raise GrpcError(Status.INVALID_ARGUMENT, "Selector.nodeName must not be empty")
+        if self.node_binding and node not in cert_names(stream.peer_cert):
+            metrics.LIMIT_HITS.labels("node_binding").inc()
+            log.warning("watch refused: certificate not bound to node", extra={"node": node})
+            raise GrpcError(
+                Status.PERMISSION_DENIED, f"client certificate may not watch node {node!r}"
+            )
+        subscribers = self.hub.subscriptions.by_node.get(node, ())
+        if len(subscribers) >= self.max_subscribers_per_node:
+            metrics.LIMIT_HITS.labels("subscribers_per_node").inc()
+            log.warning("watch refused: too many subscribers", extra={"node": node})
+            raise GrpcError(
+                Status.RESOURCE_EXHAUSTED,
+                f"node {node!r} already has {len(subscribers)} subscribers",
+            )
+        kinds = selected_kinds(selector.resourceKinds)
+        subscriber = next(_subscriber_ids)
+        log.info(
+            "received watch request",
+            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds)},
+        )
+        mailbox = self.hub.subscribe(node, kinds)
+        metrics.SUBSCRIBERS.inc()
+        wakeup = trio.Event()
+
+        def ready() -> None:
+            wakeup.set()
+
+        mailbox.on_ready = ready
+        try:
+            while True:
+                if not mailbox.dirty:
+                    wakeup = trio.Event()
+                    await wakeup.wait()
+                batch = mailbox.take(self.hub.state, BATCH_BYTES)
+                if not batch:
+                    continue
+                await stream.send_messages([sent.message for sent in batch])
+                now = trio.current_time()
+                for sent in batch:
+                    _dispatched(sent.kind, sent.reason).inc()
+                    metrics.SEND_LATENCY.observe(now - sent.marked_at)
+        finally:
+            mailbox.on_ready = None
+            self.hub.unsubscribe(mailbox)
+            metrics.SUBSCRIBERS.dec()
+            log.info("stream deleted", extra={"node": node, "subscriber": subscriber})
+
+
+_dispatch_children: dict[tuple[str, str], Any] = {}
+
+
+def _dispatched(kind: str, reason: str) -> Any:
+    """The DISPATCHED_EVENTS child for (kind, reason), looked up once."""
+    child = _dispatch_children.get((kind, reason))
+    if child is None:
+        child = _dispatch_children[(kind, reason)] = metrics.DISPATCHED_EVENTS.labels(kind, reason)
+    return child

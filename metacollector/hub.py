@@ -1,0 +1,62 @@
+"""The hub: the one task that owns ClusterState, applies reflector deltas through the reducer
+and routes the touched keys into subscriber mailboxes.
+
+Everything runs on one trio thread, so mailboxes read the state between awaits without locks.
+Cluster-wide changes go to the optional CloudEvents sink through its non-blocking ``offer``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from metacollector import metrics
+from metacollector.changes import ObjectChange
+from metacollector.model import KINDS, Object
+from metacollector.reducer import ChangeType, Reducer
+from metacollector.subscriptions import Mailbox, Subscriptions
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, offer: Callable[[ObjectChange], None] | None = None) -> None:
+        self.reducer = Reducer(track_changes=offer is not None)
+        self.state = self.reducer.state
+        self.subscriptions = Subscriptions(self.state)
+        self._offer = offer
+        self.applied = 0
+        metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
+        for kind in KINDS:
+            metrics.OBJECTS.labels(kind).set_function(self.state.objects[kind].__len__)
+
+    def apply(self, deltas: Sequence[Any]) -> None:
+        """Apply a batch of reflector deltas (objects with .type, .kind and .obj)."""
+        now = trio.current_time()
+        reducer = self.reducer
+        reducer.now = now
+        route = self.subscriptions.route
+        for delta in deltas:
+            change_type: ChangeType = delta.type
+            obj: Object = delta.obj
+            route(reducer.apply(change_type, delta.kind, obj), now)
+        self.applied += len(deltas)
+        if self._offer is not None and reducer.changes:
+            for change in reducer.changes:
+                self._offer(change)
+            reducer.changes.clear()
+
+    async def run(self, deltas: trio.MemoryReceiveChannel[Sequence[Any]]) -> None:
+        """Consume reflector batches until every sender closed its end."""
+        async with deltas:
+            async for batch in deltas:
+                self.apply(batch)
+
+    def subscribe(self, node: str, kinds: frozenset[str]) -> Mailbox:
+        return self.subscriptions.subscribe(node, kinds, trio.current_time())
+
+    def unsubscribe(self, mailbox: Mailbox) -> None:
+        self.subscriptions.unsubscribe(mailbox)

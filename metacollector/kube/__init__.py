@@ -1,0 +1,1 @@
+"""Kubernetes access: configuration and auth, the watch-stream decoder, reflectors."""

@@ -1,0 +1,355 @@
+"""Reflectors: one trio task per watched kind, list then watch, never losing or duplicating state.
+
+Like client-go's reflector: a paginated list hands its difference against the reflector's own
+store (uid -> object) to the hub, then a watch resumes from the last resourceVersion (bookmarks
+included). A clean end or a dropped connection resumes the watch without a relist; only 410
+Expired (as HTTP status or an in-band ERROR) relists, and then only the difference is handed on:
+DELETED for vanished objects, MODIFIED for changed ones, nothing for the unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import httpx
+import msgspec
+import trio
+
+from metacollector import metrics
+from metacollector.kube.resources import Resource
+from metacollector.kube.stream import (
+    LineTooLong,
+    TruncatedLine,
+    WatchDecoder,
+    decode_bookmark,
+    decode_event,
+    decode_status,
+)
+
+log = logging.getLogger("metacollector.kube.reflector")
+
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+class _Meta(Protocol):
+    @property
+    def uid(self) -> str: ...
+    @property
+    def resourceVersion(self) -> str: ...
+
+
+class _HasMeta(Protocol):
+    @property
+    def metadata(self) -> _Meta: ...
+
+
+T = TypeVar("T", bound=_HasMeta)
+
+
+@dataclass(frozen=True, slots=True)
+class Delta(Generic[T]):
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    kind: str
+    obj: T
+
+
+class Expired(Exception):
+    """410 Gone / Expired: the resourceVersion is too old; relist."""
+
+
+class Throttled(Exception):
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"429 Too Many Requests, retry after {delay:.1f}s")
+        self.delay = delay
+
+
+class APIError(Exception):
+    """Any other failed request or broken stream: back off and retry."""
+
+
+class MalformedLine(Exception):
+    """A watch line that is not a watch event: restart the watch from the last good rv."""
+
+
+class NoStreamingList(Exception):
+    """The server refused sendInitialEvents: fall back to list + watch."""
+
+
+@dataclass
+class Backoff:
+    """client-go's: 0.8 s doubling to 30 s, with jitter, reset after 2 min without failure."""
+
+    initial: float = 0.8
+    factor: float = 2.0
+    maximum: float = 30.0
+    jitter: float = 1.0
+    reset_after: float = 120.0
+    _current: float = 0.0
+    _last_failure: float = -1e9
+
+    def next(self, now: float, rng: random.Random) -> float:
+        if now - self._last_failure > self.reset_after:
+            self._current = 0.0
+        self._last_failure = now
+        self._current = min(
+            self.maximum, self._current * self.factor if self._current else self.initial
+        )
+        return self._current * (1 + rng.random() * self.jitter)
+
+
+class ListMeta(msgspec.Struct):
+    resourceVersion: str = ""
+    # "continue" is a Python keyword
+    continue_: str = msgspec.field(default="", name="continue")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _check(response: httpx.Response, body: bytes | None = None) -> None:
+    code = response.status_code
+    if code == 200:
+        return
+    if code == 410:
+        raise Expired("410 Gone")
+    if code == 429:
+        raise Throttled(_retry_after(response))
+    text = (body or b"")[:300].decode(errors="replace")
+    raise APIError(f"HTTP {code}: {text}")
+
+
+class Reflector(Generic[T]):
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        resource: Resource,
+        item_type: type[T],
+        out: trio.MemorySendChannel[Sequence[Delta[Any]]],
+        *,
+        prepare: Callable[[T], T] | None = None,
+        page_size: int = 500,
+        watch_timeout: tuple[int, int] = (300, 600),
+        streaming_list: bool = False,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        max_line_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.kind = resource.kind
+        self.out = out
+        self.prepare = prepare
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.streaming_list = streaming_list
+        self.backoff = backoff or Backoff()
+        self.rng = rng or random.Random()
+        self.max_line_bytes = max_line_bytes
+        self.store: dict[str, T] = {}
+        self.rv = ""
+        self.synced = trio.Event()
+        self.relisting_since: float | None = None
+        self.relists = 0
+        self.watch_restarts = 0
+        self._item = msgspec.json.Decoder(item_type)
+        self._page = msgspec.json.Decoder(_page_type(item_type))
+        self._counters = {
+            t: metrics.API_SERVER_EVENTS.labels(self.kind.lower(), "api-server", t.lower())
+            for t in ("ADDED", "MODIFIED", "DELETED")
+        }
+
+    async def run(self) -> None:
+        """List, then watch, forever (until cancelled)."""
+        cause = "initial"
+        need_list = True
+        metrics.REFLECTOR_SYNCED.labels(self.resource.plural).set(0)
+        while True:
+            try:
+                if need_list:
+                    await self._relist(cause)
+                    need_list = False
+                await self._watch()
+                self._restart("ended")  # clean end (timeoutSeconds): resume at once
+                continue
+            except Expired:
+                need_list, cause = True, "expired"
+                self._restart("expired")
+                continue
+            except Throttled as exc:
+                delay, why = exc.delay, "throttled"
+            except MalformedLine as exc:
+                delay, why = self.backoff.next(trio.current_time(), self.rng), "malformed"
+                log.warning("malformed watch line", extra=self._fields(error=str(exc)))
+            except (APIError, httpx.TransportError, TruncatedLine, LineTooLong) as exc:
+                delay, why = self.backoff.next(trio.current_time(), self.rng), "error"
+                log.warning("watch failed", extra=self._fields(error=str(exc)[:300]))
+            self._restart(why, delay)
+            await trio.sleep(delay)
+
+    def _fields(self, **extra: Any) -> dict[str, Any]:
+        return {"resource": self.resource.plural, "resourceVersion": self.rv, **extra}
+
+    def _restart(self, cause: str, delay: float = 0.0) -> None:
+        self.watch_restarts += 1
+        metrics.WATCH_RESTARTS.labels(self.resource.plural, cause).inc()
+        log.info("watch restart", extra=self._fields(cause=cause, delay=round(delay, 2)))
+
+    # --- list --------------------------------------------------------------------------------
+    async def _relist(self, cause: str) -> None:
+        self.relisting_since = trio.current_time()
+        if cause != "initial":
+            self.relists += 1
+            metrics.RELISTS.labels(self.resource.plural, cause).inc()
+        try:
+            if self.streaming_list:
+                try:
+                    await self._watch(initial=True)
+                    return
+                except NoStreamingList:
+                    log.info("streaming list refused, using list", extra=self._fields())
+                    self.streaming_list = False
+            items, rv = await self._list()
+            await self._replace(items, rv)
+        finally:
+            self.relisting_since = None
+
+    async def _list(self) -> tuple[dict[str, T], str]:
+        items: dict[str, T] = {}
+        cont = ""
+        headers = {"Accept": self.resource.accept(watch=False)}
+        while True:
+            params: dict[str, str | int] = {"limit": self.page_size}
+            if cont:
+                params["continue"] = cont
+            response = await self.client.get(self.resource.path, params=params, headers=headers)
+            if response.status_code == 410 and cont:  # continue token expired: start over
+                items, cont = {}, ""
+                continue
+            _check(response, response.content)
+            page = self._page.decode(response.content)
+            prepare = self.prepare
+            for item in page.items or ():
+                obj = prepare(item) if prepare else item
+                items[obj.metadata.uid] = obj
+            cont = page.metadata.continue_
+            if not cont:
+                return items, page.metadata.resourceVersion
+
+    async def _replace(self, items: dict[str, T], rv: str) -> None:
+        """Hand on the difference between the store and a fresh list; adopt the list."""
+        store = self.store
+        deltas: list[Delta[Any]] = []
+        for uid, obj in items.items():
+            old = store.get(uid)
+            if old is None:
+                deltas.append(Delta("ADDED", self.kind, obj))
+            elif old.metadata.resourceVersion != obj.metadata.resourceVersion:
+                deltas.append(Delta("MODIFIED", self.kind, obj))
+        deltas.extend(
+            Delta("DELETED", self.kind, old) for uid, old in store.items() if uid not in items
+        )
+        self.store = items
+        self.rv = rv
+        for start in range(0, len(deltas), 2000):
+            await self.out.send(deltas[start : start + 2000])
+        log.info(
+            "listed",
+            extra=self._fields(objects=len(items), changes=len(deltas)),
+        )
+        self.synced.set()
+        metrics.REFLECTOR_SYNCED.labels(self.resource.plural).set(1)
+
+    # --- watch -------------------------------------------------------------------------------
+    async def _watch(self, *, initial: bool = False) -> None:
+        """One watch request; returns on a clean end. With ``initial``, a streaming list:
+        collect the initial events until the initial-events-end bookmark, then keep watching."""
+        timeout = self.rng.randint(*self.watch_timeout)
+        params: dict[str, str] = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout),
+        }
+        if initial:
+            params.update(sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
+            params["resourceVersion"] = ""
+        else:
+            params["resourceVersion"] = self.rv
+        headers = {"Accept": self.resource.accept(watch=True)}
+        pending: dict[str, T] | None = {} if initial else None
+        with trio.move_on_after(timeout + 30):
+            async with self.client.stream(
+                "GET", self.resource.path, params=params, headers=headers
+            ) as response:
+                if initial and 400 <= response.status_code < 500 and response.status_code != 429:
+                    raise NoStreamingList()
+                if response.status_code != 200:
+                    _check(response, await response.aread())
+                decoder = WatchDecoder(self.max_line_bytes)
+                async for chunk in response.aiter_bytes():
+                    pending = await self._handle(decoder.feed(chunk), pending)
+                decoder.end()
+
+    async def _handle(
+        self, lines: list[bytes], pending: dict[str, T] | None
+    ) -> dict[str, T] | None:
+        batch: list[Delta[Any]] = []
+        try:
+            for line in lines:
+                try:
+                    event = decode_event(line)
+                    if event.type == "BOOKMARK":
+                        rv, annotations = decode_bookmark(event.object)
+                        if pending is not None and annotations.get(INITIAL_EVENTS_END) == "true":
+                            await self._replace(pending, rv)
+                            pending = None
+                        elif rv:
+                            self.rv = rv
+                        continue
+                    if event.type == "ERROR":
+                        status = decode_status(event.object)
+                        if status.code == 410:
+                            raise Expired(status.message)
+                        raise APIError(
+                            f"watch ERROR {status.code} {status.reason}: {status.message}"
+                        )
+                    if event.type not in ("ADDED", "MODIFIED", "DELETED"):
+                        raise MalformedLine(f"unknown event type {event.type!r}")
+                    obj = self._item.decode(event.object)
+                except msgspec.DecodeError as exc:
+                    raise MalformedLine(f"{exc}: {line[:200]!r}") from None
+                if self.prepare:
+                    obj = self.prepare(obj)
+                uid = obj.metadata.uid
+                if pending is not None:  # still inside a streaming list's initial events
+                    pending[uid] = obj
+                    continue
+                if event.type == "DELETED":
+                    self.store.pop(uid, None)
+                else:
+                    self.store[uid] = obj
+                self.rv = obj.metadata.resourceVersion or self.rv
+                self._counters[event.type].inc()
+                batch.append(Delta(event.type, self.kind, obj))  # type: ignore[arg-type]
+        finally:
+            if batch:
+                await self.out.send(batch)
+        return pending
+
+
+def _page_type(item_type: type[Any]) -> Any:
+    """A list response of ``item_type`` items."""
+    return msgspec.defstruct(
+        "Page",
+        [
+            ("metadata", ListMeta, msgspec.field(default_factory=ListMeta)),
+            ("items", list[item_type] | None, None),  # type: ignore[valid-type]
+        ],
+    )

@@ -12,7 +12,7 @@ import contextvars
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,6 +52,7 @@ class Faults:
     error_requests: int = 0  # answer the next N requests with 500
     malformed_lines: int = 0  # inject a garbage line before the next N watch events
     slow_write_delay: float = 0.0  # seconds to sleep before each watch write
+    only_user_agent: str = ""  # when set, faults hit only clients whose User-Agent contains it
 
 
 @dataclass
@@ -256,7 +257,7 @@ class Emulator:
         await self._send(stream, conn, h11.EndOfMessage())
 
     async def _stream(
-        self, stream: trio.abc.Stream, conn: h11.Connection, chunks: AsyncIterator[bytes]
+        self, stream: trio.abc.Stream, conn: h11.Connection, produce: Producer
     ) -> None:
         await self._send(
             stream,
@@ -268,12 +269,15 @@ class Emulator:
         )
         self.stats.watches_opened += 1
         self.stats.watches_open += 1
+
+        async def write(chunk: bytes) -> None:
+            if self.faults.slow_write_delay:
+                await trio.sleep(self.faults.slow_write_delay)
+            self.stats.watch_bytes += len(chunk)
+            await self._send(stream, conn, h11.Data(data=chunk))
+
         try:
-            async for chunk in chunks:
-                if self.faults.slow_write_delay:
-                    await trio.sleep(self.faults.slow_write_delay)
-                self.stats.watch_bytes += len(chunk)
-                await self._send(stream, conn, h11.Data(data=chunk))
+            await produce(write)
             await self._send(stream, conn, h11.EndOfMessage())
         except _Drop:
             return  # the connection is closed without ending the chunked body
@@ -288,7 +292,7 @@ class Emulator:
     # --- routing ---------------------------------------------------------------------------
     async def _dispatch(
         self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
-    ) -> tuple[int, bytes] | AsyncIterator[bytes]:
+    ) -> tuple[int, bytes] | Producer:
         if path.startswith("/admin/"):
             return self._admin(method, path, body)
         verb = method.lower()
@@ -306,19 +310,20 @@ class Emulator:
         self._count(f"{'watch' if is_watch else verb} {route.plural}")
         del key
         f = self.faults
-        if f.throttle_requests > 0:
+        targeted = f.only_user_agent in headers.get("user-agent", "")
+        if targeted and f.throttle_requests > 0:
             f.throttle_requests -= 1
             raise HTTPError(
                 429, "TooManyRequests", "too many requests", [("Retry-After", str(f.retry_after))]
             )
-        if f.error_requests > 0:
+        if targeted and f.error_requests > 0:
             f.error_requests -= 1
             raise HTTPError(500, "InternalError", "injected server error")
         info = RESOURCES[route.plural]
         metadata_only = PARTIAL in headers.get("accept", "")
         if method == "GET" and not route.name:
             if is_watch:
-                return self._watch(route, query, metadata_only)
+                return self._watch(route, query, metadata_only, targeted)
             return 200, self._list(route, query, metadata_only)
         if method == "GET":
             stored = self._get(route)
@@ -502,8 +507,8 @@ class Emulator:
 
     # --- watches ---------------------------------------------------------------------------
     def _watch(
-        self, route: Route, query: dict[str, str], metadata_only: bool
-    ) -> AsyncIterator[bytes]:
+        self, route: Route, query: dict[str, str], metadata_only: bool, targeted: bool = True
+    ) -> Producer:
         store = self.store
         predicate = self._filter(route, query)
         rv_param = query.get("resourceVersion", "")
@@ -567,32 +572,38 @@ class Emulator:
                 + b"\n"
             )
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def produce(write: Write) -> None:
             sent = 0
             last_rv = since
             try:
                 with trio.move_on_after(timeout):
                     for stored in initial_items:
-                        yield line(Event(stored.rv, route.plural, "ADDED", stored.obj, stored.data))
+                        await write(
+                            line(Event(stored.rv, route.plural, "ADDED", stored.obj, stored.data))
+                        )
                     if initial:
-                        yield bookmark(store.rv, end=True)
+                        await write(bookmark(store.rv, end=True))
                     pending = list(backlog)
                     next_bookmark = trio.current_time() + self.bookmark_interval
                     while True:
                         for event in pending:
                             if event.rv <= last_rv:
                                 continue
-                            if faults.malformed_lines > 0:
+                            if targeted and faults.malformed_lines > 0:
                                 faults.malformed_lines -= 1
-                                yield b'{"type":"MODIFIED","object":{"this is not json\n'
-                            yield line(event)
+                                await write(b'{"type":"MODIFIED","object":{"this is not json\n')
+                            await write(line(event))
                             last_rv = event.rv
                             sent += 1
-                            if faults.drop_watch_after and sent >= faults.drop_watch_after:
+                            if (
+                                targeted
+                                and faults.drop_watch_after
+                                and sent >= faults.drop_watch_after
+                            ):
                                 raise _Drop()
                         pending = []
                         if watcher.expired and live.statistics().current_buffer_used == 0:
-                            yield (
+                            await write(
                                 _encode(
                                     {
                                         "type": "ERROR",
@@ -618,11 +629,11 @@ class Emulator:
                         if not pending and trio.current_time() >= next_bookmark:
                             next_bookmark = trio.current_time() + self.bookmark_interval
                             if bookmarks:
-                                yield bookmark(store.rv)
+                                await write(bookmark(store.rv))
             finally:
                 store.unwatch(watcher)
 
-        return chunks()
+        return produce
 
     # --- admin -----------------------------------------------------------------------------
     def _admin(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
@@ -654,6 +665,10 @@ class Emulator:
             self.stats = Stats()
             return 200, b"{}"
         raise HTTPError(404, "NotFound", f"no admin endpoint {method} {path}")
+
+
+Write = Callable[[bytes], Awaitable[None]]
+Producer = Callable[[Write], Awaitable[None]]
 
 
 class _Drop(Exception):

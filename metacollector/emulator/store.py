@@ -252,7 +252,7 @@ class Store:
     def compact(self) -> None:
         """Expire all history now: open watches end with an in-band 410."""
         self.history.clear()
-        self.compacted_rv = self.rv + 1
+        self.compacted_rv = self.rv  # nothing before now can be replayed
         for watchers in self.watchers.values():
             for watcher in list(watchers):
                 watcher.expired = True

@@ -88,8 +88,10 @@ async def open_watch(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    window: int = WINDOW,
 ) -> AsyncIterator[WatchStream]:
-    """Open one connection and one Watch stream for ``node``."""
+    """Open one connection and one Watch stream for ``node``. A small ``window`` (with a slow
+    reader) makes a slow subscriber."""
     tcp = await trio.open_tcp_stream(host, port)
     stream: trio.abc.Stream = tcp
     if ssl_context is not None:
@@ -97,10 +99,11 @@ async def open_watch(
     async with stream:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         conn.local_settings = h2.settings.Settings(
-            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
         )
         conn.initiate_connection()
-        conn.increment_flow_control_window(WINDOW)
+        if window > 65535:
+            conn.increment_flow_control_window(window - 65535)
         stream_id = conn.get_next_available_stream_id()
         scheme = "https" if ssl_context is not None else "http"
         conn.send_headers(

@@ -37,6 +37,7 @@ from metacollector.emulator.store import (
 
 log = logging.getLogger("metacollector.emulator")
 _current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
+_agent: contextvars.ContextVar[str] = contextvars.ContextVar("agent")
 _encode = msgspec.json.Encoder().encode
 PARTIAL = "as=PartialObjectMetadata"
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
@@ -63,6 +64,8 @@ class Stats:
     bytes_served: int = 0
     list_bytes: int = 0
     watch_bytes: int = 0
+    bytes_by_agent: dict[str, int] = field(default_factory=dict)  # by User-Agent product
+    requests_by_agent: dict[str, int] = field(default_factory=dict)
 
 
 class HTTPError(Exception):
@@ -211,6 +214,8 @@ class Emulator:
         data = conn.send(event)
         if data:
             self.stats.bytes_served += len(data)
+            agent = _agent.get("")
+            self.stats.bytes_by_agent[agent] = self.stats.bytes_by_agent.get(agent, 0) + len(data)
             await stream.send_all(data)
 
     async def _respond(
@@ -219,6 +224,9 @@ class Emulator:
         method = req.method.decode()
         target = req.target.decode()
         headers = {k.decode().lower(): v.decode() for k, v in req.headers}
+        agent = headers.get("user-agent", "").split("/")[0]
+        _agent.set(agent)
+        self.stats.requests_by_agent[agent] = self.stats.requests_by_agent.get(agent, 0) + 1
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         try:

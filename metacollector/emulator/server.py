@@ -54,6 +54,7 @@ class Faults:
     malformed_lines: int = 0  # inject a garbage line before the next N watch events
     slow_write_delay: float = 0.0  # seconds to sleep before each watch write
     only_user_agent: str = ""  # when set, faults hit only clients whose User-Agent contains it
+    outage: bool = False  # API outage: every non-admin request gets its connection dropped
 
 
 @dataclass
@@ -229,6 +230,9 @@ class Emulator:
         self.stats.requests_by_agent[agent] = self.stats.requests_by_agent.get(agent, 0) + 1
         url = urlsplit(target)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        outage = self.faults.outage and self.faults.only_user_agent in headers.get("user-agent", "")
+        if outage and not url.path.startswith("/admin/"):
+            return False  # dropped without a response, like a dead API server
         try:
             self._authorize(headers, url.path)
             result = await self._dispatch(method, url.path, query, headers, body)
@@ -665,6 +669,11 @@ class Emulator:
             return 200, b"{}"
         if path == "/admin/restart" and method == "POST":
             self.restart(keep=_current_connection.get(None))
+            return 200, b"{}"
+        if path == "/admin/drop-connections" and method == "POST":
+            for scope in list(self._connections):
+                if scope is not _current_connection.get(None):
+                    scope.cancel()  # (all clients: test tools reconnect too)
             return 200, b"{}"
         if path == "/admin/tokens" and method == "POST":
             self.tokens = set(self._body(body)["tokens"])

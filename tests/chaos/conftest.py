@@ -1,0 +1,123 @@
+"""The whole pipeline under faults: emulator -> collector -> grpcio subscribers + a CloudEvents
+receiver, with churn running; afterwards every subscriber's table must equal view(node) and the
+receiver's final states must equal the cluster's objects."""
+
+from __future__ import annotations
+
+import json
+import resource
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.formats.json import JSONFormat
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from metacollector.emulator.churn import run_churn
+from metacollector.model import KINDS
+from metacollector.settings import BindAddress, Settings
+from tests.e2e.conftest import Env, start_env
+from tests.e2e.grpc_watch import GrpcWatch
+from tests.e2e.scenarios import converged
+
+NODES = 6
+
+
+@dataclass
+class Receiver:
+    """A CloudEvents sink: final state per uid ("deleted" or the last data), parsed by the SDK."""
+
+    up: bool = True
+    final: dict[str, Any] = field(default_factory=dict)
+    received: int = 0
+    port: int = 0
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if not self.up:
+            status = 503
+        else:
+            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+            event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
+            data = event.get_data()
+            data = json.loads(data) if isinstance(data, bytes | str) else data
+            self.final[data["uid"]] = "deleted" if data["reason"] == "Delete" else data
+            self.received += 1
+            status = 202
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@dataclass
+class Chaos:
+    env: Env
+    receiver: Receiver
+    watches: list[GrpcWatch]
+
+    async def churn(self, seconds: float, rate: float = 40) -> None:
+        await run_churn(self.env.cluster.client, rate, duration=seconds)
+
+    async def check(self, timeout: float = 30) -> dict[str, Any]:
+        """Every subscriber converged; the sink holds every object's final state."""
+        for w in self.watches:
+            await converged(self.env, w, timeout)
+        objects = await self.env.cluster.objects()
+        uids = {uid for kind in KINDS for uid in objects[kind]}
+        with trio.fail_after(timeout):
+            while True:
+                live = {u for u, v in self.receiver.final.items() if v != "deleted"}
+                if live == uids:
+                    break
+                await trio.sleep(0.1)
+        for kind in KINDS:
+            for uid, obj in objects[kind].items():
+                data = self.receiver.final[uid]
+                assert data["kind"] == kind and data["meta"]["name"] == obj.metadata.name
+                assert (data["meta"].get("labels") or None) == (obj.metadata.labels or None)
+        return {
+            "subscribers": len(self.watches),
+            "objects": len(uids),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        }
+
+
+@pytest.fixture
+async def chaos(nursery: trio.Nursery) -> AsyncIterator[Chaos]:
+    receiver = Receiver()
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    binds = await nursery.start(partial(serve, receiver.app, config, mode="asgi"))
+    receiver.port = int(binds[0].rsplit(":", 1)[1])
+    settings = Settings(
+        metrics_bind="127.0.0.1:0",
+        health_bind="127.0.0.1:0",
+        broker_bind=BindAddress("127.0.0.1", 0),
+        stall_timeout=2.0,
+        cloudevents_sink=f"http://127.0.0.1:{receiver.port}/",
+    )
+    async for env in start_env(
+        nursery, settings, nodes=NODES, pods_per_node=6, bookmark_interval=0.5
+    ):
+        await env.ready()
+        await env.emulator.set_faults(only_user_agent="metacollector")
+        watches = [env.watch(f"node-{i}") for i in range(NODES)]
+        chaos = Chaos(env, receiver, watches)
+        for w in watches:
+            await converged(env, w)
+        yield chaos

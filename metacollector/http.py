@@ -113,7 +113,8 @@ async def serve_http(
     """Serve until cancelled; ``task_status.started((metrics_port, health_port))``."""
     metrics_port: int | None = None
     async with trio.open_nursery() as nursery:
-        if metrics_bind != "0" and metrics_bind == health_bind:
+        shared = metrics_bind == health_bind and not metrics_bind.endswith(":0")
+        if metrics_bind != "0" and shared:
             app = make_app(readiness, serve_metrics=True, serve_health=True)
             port = await _start(nursery, app, health_bind, "--health-probe-bind-address")
             task_status.started((port, port))

@@ -6,6 +6,8 @@ Upstream names (``meta_collector_*``) are kept for existing dashboards; our own 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,6 +16,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.metrics_core import Metric, UnknownMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -127,3 +130,29 @@ CE_LATENCY = Histogram(
     "Time from a change being queued to its CloudEvent being accepted by the sink.",
     registry=REGISTRY,
 )
+
+
+class UpstreamNames:
+    """Also export the upstream counters under their exact Go names (no ``_total`` suffix, which
+    prometheus-client always adds to counters), so existing dashboards and alerts keep working."""
+
+    def collect(self) -> Iterator[Metric]:
+        for counter in (DISPATCHED_EVENTS, API_SERVER_EVENTS):
+            for family in counter.collect():
+                alias = UnknownMetricFamily(
+                    family.name,
+                    family.documentation + " (upstream name)",
+                    labels=counter._labelnames,
+                )
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        alias.add_metric(
+                            [sample.labels[k] for k in counter._labelnames], sample.value
+                        )
+                yield alias
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+REGISTRY.register(UpstreamNames())

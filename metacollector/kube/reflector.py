@@ -214,22 +214,23 @@ class Reflector(Generic[T]):
 
     # --- list --------------------------------------------------------------------------------
     async def _relist(self, cause: str) -> None:
-        self.relisting_since = trio.current_time()
-        if cause != "initial":
-            self.relists += 1
-            metrics.RELISTS.labels(self.resource.plural, cause).inc()
-        try:
-            if self.streaming_list:
-                try:
-                    await self._watch(initial=True)
-                    return
-                except NoStreamingList:
-                    log.info("streaming list refused, using list", extra=self._fields())
-                    self.streaming_list = False
-            items, rv = await self._list()
-            await self._replace(items, rv)
-        finally:
-            self.relisting_since = None
+        """One relist attempt; ``relisting_since`` stays set across failed attempts (readiness
+        turns false while a relist takes longer than its grace period) until one succeeds."""
+        if self.relisting_since is None:
+            self.relisting_since = trio.current_time()
+            if cause != "initial":
+                self.relists += 1
+                metrics.RELISTS.labels(self.resource.plural, cause).inc()
+                log.info("relist", extra=self._fields(cause=cause))
+        if self.streaming_list:
+            try:
+                await self._watch(initial=True)
+                return
+            except NoStreamingList:
+                log.info("streaming list refused, using list", extra=self._fields())
+                self.streaming_list = False
+        items, rv = await self._list()
+        await self._replace(items, rv)
 
     async def _list(self) -> tuple[dict[str, T], str]:
         items: dict[str, T] = {}
@@ -274,6 +275,7 @@ class Reflector(Generic[T]):
             "listed",
             extra=self._fields(objects=len(items), changes=len(deltas)),
         )
+        self.relisting_since = None
         self.synced.set()
         metrics.REFLECTOR_SYNCED.labels(self.resource.plural).set(1)
 

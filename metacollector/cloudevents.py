@@ -207,6 +207,11 @@ class CloudEventsSink:
             self.in_flight.add(change.uid)
             try:
                 await self._deliver(client, change)
+            except trio.Cancelled:  # shutting down mid-delivery: leave it for the flush
+                newer = self.pending.pop(change.uid, None)
+                self.pending[change.uid] = coalesce(change, newer) if newer else change
+                self.pending.move_to_end(change.uid, last=False)
+                raise
             finally:
                 self.in_flight.discard(change.uid)
                 if change.uid in self.pending:

@@ -4,63 +4,23 @@ receiver's final states must equal the cluster's objects."""
 
 from __future__ import annotations
 
-import json
 import resource
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import trio
-from cloudevents.core.bindings.http import HTTPMessage, from_http
-from cloudevents.core.formats.json import JSONFormat
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from metacollector.emulator.churn import run_churn
 from metacollector.model import KINDS
 from metacollector.settings import BindAddress, Settings
+from tests.cloudevents.receiver import Receiver, start_receiver
 from tests.e2e.conftest import Env, start_env
 from tests.e2e.grpc_watch import GrpcWatch
 from tests.e2e.scenarios import converged
 
 NODES = 6
-
-
-@dataclass
-class Receiver:
-    """A CloudEvents sink: final state per uid ("deleted" or the last data), parsed by the SDK."""
-
-    up: bool = True
-    final: dict[str, Any] = field(default_factory=dict)
-    received: int = 0
-    port: int = 0
-
-    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if not self.up:
-            status = 503
-        else:
-            headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-            event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
-            data = event.get_data()
-            data = json.loads(data) if isinstance(data, bytes | str) else data
-            self.final[data["uid"]] = "deleted" if data["reason"] == "Delete" else data
-            self.received += 1
-            status = 202
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
 
 
 @dataclass
@@ -98,12 +58,7 @@ class Chaos:
 
 @pytest.fixture
 async def chaos(nursery: trio.Nursery) -> AsyncIterator[Chaos]:
-    receiver = Receiver()
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    binds = await nursery.start(partial(serve, receiver.app, config, mode="asgi"))
-    receiver.port = int(binds[0].rsplit(":", 1)[1])
+    receiver = await start_receiver(nursery)
     settings = Settings(
         metrics_bind="127.0.0.1:0",
         health_bind="127.0.0.1:0",

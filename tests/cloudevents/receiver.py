@@ -1,0 +1,79 @@
+"""A real CloudEvents HTTP receiver (hypercorn on trio) that parses every request with the SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.formats.json import JSONFormat
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+
+@dataclass
+class Receiver:
+    up: bool = True
+    delay: float = 0.0
+    respond: Callable[[BaseCloudEvent], tuple[int, dict[str, str]]] | None = None
+    events: list[BaseCloudEvent] = field(default_factory=list)
+    requests: list[dict[str, str]] = field(default_factory=list)  # headers of every request
+    final: dict[str, Any] = field(default_factory=dict)  # uid -> data, or "deleted"
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.requests.append(headers)
+        if self.delay:
+            await trio.sleep(self.delay)
+        status, extra = 503, {}
+        if self.up:
+            event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
+            status, extra = self.respond(event) if self.respond else (202, {})
+            if 200 <= status < 300:
+                self.events.append(event)
+                data = data_of(event)
+                self.final[data["uid"]] = "deleted" if data["reason"] == "Delete" else data
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+
+def data_of(event: BaseCloudEvent) -> dict[str, Any]:
+    data = event.get_data()
+    return json.loads(data) if isinstance(data, bytes | str) else data  # type: ignore[return-value]
+
+
+async def start_receiver(nursery: trio.Nursery, **kwargs: Any) -> Receiver:
+    receiver = Receiver(**kwargs)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    binds = await nursery.start(partial(serve, receiver.app, config, mode="asgi"))
+    receiver.port = int(binds[0].rsplit(":", 1)[1])
+    return receiver

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import trio
+import trustme
 
 from metacollector.app import Running, serve
 from metacollector.kube.client import make_client
@@ -99,9 +101,51 @@ def _close(env: Env) -> None:
         w.close()
 
 
-@pytest.fixture
-async def env(nursery: trio.Nursery) -> AsyncIterator[Env]:
-    async for e in start_env(nursery):
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_settings(ca: trustme.CA, tmp: Path, mtls: bool, node_binding: bool = False) -> Settings:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp / "server.key"))
+    ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
+    return Settings(
+        metrics_bind="127.0.0.1:0",
+        health_bind="127.0.0.1:0",
+        broker_bind=BindAddress("127.0.0.1", 0),
+        server_cert=str(tmp / "server.pem"),
+        server_key=str(tmp / "server.key"),
+        client_ca=str(tmp / "ca.pem") if mtls else None,
+        node_binding=node_binding,
+    )
+
+
+def client_credentials(ca: trustme.CA, client_name: str | None) -> grpc.ChannelCredentials:
+    if client_name is None:
+        return grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+    client = ca.issue_cert(client_name)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.cert_pem.bytes(),
+        private_key=client.private_key_pem.bytes(),
+        certificate_chain=client.cert_chain_pems[0].bytes(),
+    )
+
+
+@pytest.fixture(params=["plaintext", "tls", "mtls"])
+async def env(
+    request: pytest.FixtureRequest, nursery: trio.Nursery, ca: trustme.CA, tmp_path: Path
+) -> AsyncIterator[Env]:
+    """Every end-to-end scenario runs over plaintext h2c, TLS and mutual TLS."""
+    transport = request.param
+    settings = None if transport == "plaintext" else tls_settings(ca, tmp_path, transport == "mtls")
+    async for e in start_env(nursery, settings):
+        if transport != "plaintext":
+            e.grpc_credentials = client_credentials(
+                ca, "falco-sensor" if transport == "mtls" else None
+            )
+            e.target_host = "localhost"
         await e.ready()
         yield e
 

@@ -7,6 +7,7 @@ import json
 import statistics
 import time
 
+import pytest
 import trio
 
 from metacollector.grpc.client import open_watch
@@ -17,6 +18,7 @@ pytestmark = needs_emulator
 STAMP = "stamp"
 
 
+@pytest.mark.parametrize("env", ["plaintext"], indirect=True)  # the slow raw client speaks h2c
 async def test_slow_subscriber_does_not_delay_fast_ones(env: Env, nursery: trio.Nursery) -> None:
     s = await build(env)
     node, other = s.nodes[0], s.nodes[1]

@@ -182,6 +182,29 @@ async def reset_stats(url: str, token: str) -> None:
         await c.post("/admin/reset-stats", json={})
 
 
+async def send_latency_buckets(port: int) -> dict[float, float]:
+    """The collector's own send-latency histogram (change reached the hub -> written)."""
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("metacollector_send_latency_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[float, str]:
+    """Upper-bound quantiles (bucket edges, ms) of the observations between two scrapes."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = delta[-1][1] if delta else 0
+    out = {}
+    for q in (0.5, 0.99):
+        edge = next((le for le, count in delta if total and count >= q * total), float("inf"))
+        out[q] = f"<= {edge * 1000:g}" if edge != float("inf") else "> 10000"
+    return out
+
+
 class Workers:
     """Worker processes speaking JSON lines over stdin/stdout."""
 
@@ -347,6 +370,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["sync_tables_exact"] = f"{sum(got[n] == expected[n] for n in nodes)}/{len(nodes)}"
 
         # --- churn -------------------------------------------------------------------------
+        hist_before = await send_latency_buckets(http_port)
         workers.send({"cmd": "reset_latencies"})
         await reset_stats(url, token)
         before = proc_stats(collector.pid)
@@ -369,6 +393,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99) - 1], 1)
             result["latency_ms_max"] = round(latencies[-1], 1)
             result["latency_samples"] = len(latencies)
+        quantiles = bucket_quantiles(hist_before, await send_latency_buckets(http_port))
+        result["collector_send_latency_ms_p50"] = quantiles[0.5]
+        result["collector_send_latency_ms_p99"] = quantiles[0.99]
         result["rss_after_churn_mb"] = round(proc_stats(collector.pid)["rss_mb"], 1)
         result["rss_peak_mb"] = round(proc_stats(collector.pid)["hwm_mb"], 1)
         expected = expected_digests(await fetch_objects(url, token), nodes)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from metacollector import model
+from metacollector.emulator.synthetic import owner
 from metacollector.proto import metadata_pb2 as pb
 from tests.core import oracle
 
@@ -37,15 +38,7 @@ def path(kind: str, namespace: str | None = None, name: str | None = None) -> st
     return out + (f"/{name}" if name else "")
 
 
-def owner_ref(obj: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+owner_ref = owner  # a controlling ownerReference to ``obj``
 
 
 def workload(kind: str, name: str, labels: dict[str, str], replicas: int = 1) -> dict[str, Any]:

@@ -159,6 +159,14 @@ class Connection:
                 metrics.PROTOCOL_ERRORS.labels("write_timeout").inc()
 
     async def send_data(self, st: ServerStream, data: bytes) -> None:
+        try:
+            await self._send_data(st, data)
+        except h2.exceptions.ProtocolError:  # the connection closed under us (GOAWAY, reset)
+            raise StreamClosed() from None
+
+    async def _send_data(self, st: ServerStream, data: bytes) -> None:
+        if st.ended or self.closed:
+            raise StreamClosed()
         if not st.headers_sent:
             self._send_response_headers(st)
         offset = 0

@@ -64,6 +64,11 @@ async def run_churn(
     deployments = await _list(client, "/apis/apps/v1/deployments")
     limiter = trio.CapacityLimiter(concurrency)
 
+    def take(index: int) -> dict[str, Any]:
+        """Remove pods[index] in O(1) (order does not matter)."""
+        pods[index], pods[-1] = pods[-1], pods[index]
+        return pods.pop()
+
     async def change(op: str) -> None:
         async with limiter:
             try:
@@ -85,9 +90,8 @@ async def run_churn(
             )
             r.raise_for_status()
         elif op in ("create", "reschedule") and pods:
-            template = rng.choice(pods)
+            template = take(rng.randrange(len(pods))) if op == "reschedule" else rng.choice(pods)
             if op == "reschedule":
-                pods.remove(template)
                 meta = template["metadata"]
                 r = await client.delete(
                     f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
@@ -104,7 +108,7 @@ async def run_churn(
             r.raise_for_status()
             pods.append(r.json())
         elif op == "delete" and len(pods) > 1:
-            p = pods.pop(rng.randrange(len(pods)))
+            p = take(rng.randrange(len(pods)))
             meta = p["metadata"]
             r = await client.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
             r.raise_for_status()

@@ -308,7 +308,6 @@ class Emulator:
         if path.startswith("/admin/"):
             return self._admin(method, path, body)
         verb = method.lower()
-        key = f"{verb} {path.split('?')[0]}"
         doc = discovery.document(path)
         if doc is not None and method == "GET":
             self._count("get discovery")
@@ -320,7 +319,6 @@ class Emulator:
             )
         is_watch = query.get("watch") in ("1", "true")
         self._count(f"{'watch' if is_watch else verb} {route.plural}")
-        del key
         f = self.faults
         targeted = f.only_user_agent in headers.get("user-agent", "")
         if targeted and f.throttle_requests > 0:

@@ -101,9 +101,9 @@ def _file_or_data(entry: Mapping[str, Any], name: str, base: Path, where: str) -
     return None
 
 
-def _load_files(paths: list[Path]) -> tuple[dict[str, Any], dict[str, str], Path]:
-    """Merge kubeconfig files (first value wins). Returns the merged doc, the file each named
-    entry came from, and the directory of the first file (for relative paths)."""
+def _load_files(paths: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge kubeconfig files (first value wins). Returns the merged doc and the file each
+    named entry came from (entries keep their own directory for relative paths)."""
     merged: dict[str, Any] = {"clusters": [], "users": [], "contexts": []}
     origin: dict[str, str] = {}
     for path in paths:
@@ -130,7 +130,7 @@ def _load_files(paths: list[Path]) -> tuple[dict[str, Any], dict[str, str], Path
                     merged[section].append({**entry, "__dir": str(path.parent)})
         if not merged.get("current-context") and doc.get("current-context"):
             merged["current-context"] = doc["current-context"]
-    return merged, origin, paths[0].parent
+    return merged, origin
 
 
 def load_kubeconfig(path: str | None = None, context: str | None = None) -> KubeConfig:
@@ -141,7 +141,7 @@ def load_kubeconfig(path: str | None = None, context: str | None = None) -> Kube
         paths = [Path(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p]
     else:
         paths = [Path.home() / ".kube" / "config"]
-    doc, origin, _ = _load_files(paths)
+    doc, origin = _load_files(paths)
     first = str(paths[0])
     ctx_name = context or doc.get("current-context")
     if not ctx_name:
@@ -149,7 +149,7 @@ def load_kubeconfig(path: str | None = None, context: str | None = None) -> Kube
     contexts = _named(doc, "contexts", first)
     if ctx_name not in contexts:
         raise KubeConfigError(f"{first}: contexts: no context named {ctx_name!r}")
-    ctx_entry, ctx_where = contexts[ctx_name]
+    ctx_entry, _ = contexts[ctx_name]
     ctx_where = f"{origin[f'contexts/{ctx_name}']}: contexts[{ctx_name}]"
     ctx = _expect(ctx_entry.get("context"), dict, f"{ctx_where}.context")
     cluster_name = ctx.get("cluster")

@@ -25,7 +25,7 @@ from metacollector.subscriptions import selected_kinds
 
 log = logging.getLogger("metacollector.grpc")
 
-BATCH_BYTES = 64 * 1024  # bounds what each of thousands of syncing subscribers holds at once
+BATCH_BYTES = 16 * 1024  # bounds what each of thousands of syncing subscribers holds at once
 _subscriber_ids = itertools.count(1)
 
 

@@ -28,6 +28,8 @@ class KubeAuth(httpx.Auth):
         self.spec = spec
         self._token = spec.token
         self._expires_at = 0.0  # time.time(); 0 = needs loading (file/exec)
+        self._generation = 0  # bumped by each refresh
+        self._lock = trio.Lock()  # seven reflectors share one client: run a plugin once
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -36,15 +38,23 @@ class KubeAuth(httpx.Auth):
             yield request
             return
         if self.spec.kind != "token" and time.time() >= self._expires_at:
-            await self.refresh()
+            await self._refresh_once(self._generation)
+        generation = self._generation
         request.headers["Authorization"] = f"Bearer {self._token}"
         response = yield request
         if response.status_code == 401 and self.spec.kind != "token":
-            await self.refresh()
+            await self._refresh_once(generation)
             request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
 
+    async def _refresh_once(self, seen: int) -> None:
+        """Refresh unless another request already did since generation ``seen``."""
+        async with self._lock:
+            if self._generation == seen:
+                await self.refresh()
+
     async def refresh(self) -> None:
+        """Re-read the token file or re-run the exec plugin now."""
         if self.spec.kind == "token_file":
             try:
                 self._token = Path(self.spec.token_file).read_text().strip()
@@ -55,6 +65,7 @@ class KubeAuth(httpx.Auth):
             self._expires_at = time.time() + self.spec.reread_interval
         elif self.spec.kind == "exec":
             self._token, self._expires_at = await run_exec_plugin(self.spec)
+        self._generation += 1
 
 
 async def run_exec_plugin(spec: AuthSpec) -> tuple[str, float]:

@@ -59,6 +59,14 @@ def _expect(value: Any, kind: type, where: str) -> Any:
     return value
 
 
+def _opt_str(entry: Mapping[str, Any], key: str, where: str) -> str | None:
+    """An optional string field; empty means absent."""
+    value = entry.get(key)
+    if value is None or value == "":
+        return None
+    return str(_expect(value, str, f"{where}.{key}"))
+
+
 def _named(
     doc: Mapping[str, Any], section: str, where: str
 ) -> dict[str, tuple[dict[str, Any], str]]:
@@ -144,6 +152,8 @@ def load_kubeconfig(path: str | None = None, context: str | None = None) -> Kube
     doc, origin = _load_files(paths)
     first = str(paths[0])
     ctx_name = context or doc.get("current-context")
+    if ctx_name is not None and not isinstance(ctx_name, str):
+        raise KubeConfigError(f"{first}: current-context: expected a string")
     if not ctx_name:
         raise KubeConfigError(f"{first}: current-context: not set (use --context)")
     contexts = _named(doc, "contexts", first)
@@ -167,6 +177,8 @@ def load_kubeconfig(path: str | None = None, context: str | None = None) -> Kube
     user_where = ""
     user_base = base
     user_name = ctx.get("user")
+    if user_name is not None and not isinstance(user_name, str):
+        raise KubeConfigError(f"{ctx_where}.context.user: expected a string")
     if user_name:
         users = _named(doc, "users", first)
         if user_name not in users:
@@ -175,12 +187,21 @@ def load_kubeconfig(path: str | None = None, context: str | None = None) -> Kube
         user_where = f"{origin[f'users/{user_name}']}: users[{user_name}].user"
         user = _expect(u_entry.get("user") or {}, dict, user_where)
         user_base = Path(u_entry["__dir"])
+    insecure = cluster.get("insecure-skip-tls-verify", False)
+    if not isinstance(insecure, bool):
+        raise KubeConfigError(f"{cl_where}.insecure-skip-tls-verify: expected true or false")
+    proxy_url = _opt_str(cluster, "proxy-url", cl_where)
+    if proxy_url is not None and not proxy_url.startswith(("http://", "https://")):
+        raise KubeConfigError(
+            f"{cl_where}.proxy-url: must be an http(s) URL (socks5 is not supported), "
+            f"got {proxy_url!r}"
+        )
     return KubeConfig(
         server=server.rstrip("/"),
         ca_data=_file_or_data(cluster, "certificate-authority", base, cl_where),
-        insecure=bool(cluster.get("insecure-skip-tls-verify", False)),
-        tls_server_name=cluster.get("tls-server-name") or None,
-        proxy_url=cluster.get("proxy-url") or None,
+        insecure=insecure,
+        tls_server_name=_opt_str(cluster, "tls-server-name", cl_where),
+        proxy_url=proxy_url,
         client_cert=_client_cert(user, user_base, user_where),
         auth=_auth(user, user_base, user_where),
         cluster_name=cluster_name,
@@ -198,7 +219,8 @@ def _client_cert(user: Mapping[str, Any], base: Path, where: str) -> tuple[bytes
 
 def _auth(user: Mapping[str, Any], base: Path, where: str) -> AuthSpec:
     if user.get("auth-provider"):
-        name = (user["auth-provider"] or {}).get("name", "?")
+        provider = user["auth-provider"]
+        name = provider.get("name", "?") if isinstance(provider, dict) else provider
         raise KubeConfigError(
             f"{where}.auth-provider: {name!r} is not supported; use an exec credential plugin"
         )

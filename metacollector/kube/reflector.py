@@ -20,6 +20,8 @@ import msgspec
 import trio
 
 from metacollector import metrics
+from metacollector.kube.auth import CredentialError
+from metacollector.kube.config import KubeConfigError
 from metacollector.kube.resources import Resource
 from metacollector.kube.stream import (
     LineTooLong,
@@ -188,19 +190,34 @@ class Reflector(Generic[T]):
                 self._restart("expired")
                 continue
             except Throttled as exc:
-                delay, why = exc.delay, "throttled"
+                # Honour Retry-After as client-go does; a storm of "Retry-After: 0" gets the
+                # backoff instead of a busy loop.
+                delay = exc.delay
+                if delay < 1:
+                    delay = max(delay, self.backoff.next(trio.current_time(), self.rng))
+                why = "throttled"
             except MalformedLine as exc:
                 if self.rv != progress_mark:
                     self.backoff.reset()
                 delay, why = self.backoff.next(trio.current_time(), self.rng), "malformed"
                 log.warning("malformed watch line", extra=self._fields(error=str(exc)))
-            except (APIError, httpx.TransportError, TruncatedLine, LineTooLong) as exc:
+            except (
+                APIError,
+                httpx.TransportError,
+                TruncatedLine,
+                LineTooLong,
+                CredentialError,  # a failing exec plugin or unreadable token file: retry
+                KubeConfigError,
+            ) as exc:
                 # A watch that delivered events before it broke was healthy: start the backoff
                 # afresh rather than letting periodic drops push it to 30 s (client-go would).
                 if self.rv != progress_mark:
                     self.backoff.reset()
                 delay, why = self.backoff.next(trio.current_time(), self.rng), "error"
                 log.warning("watch failed", extra=self._fields(error=str(exc)[:300]))
+            # A streaming list that delivered its initial events and then broke has listed:
+            # resume its watch from the last rv instead of listing again.
+            need_list = need_list and self.relisting_since is not None
             self._restart(why, delay)
             await trio.sleep(delay)
 

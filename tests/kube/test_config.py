@@ -162,6 +162,21 @@ def test_incluster_ipv6(tmp_path: Path) -> None:
             config(user="    tokenFile: /nonexistent/token\n"),
             "users[u].user.tokenFile: file /nonexistent/token not found",
         ),
+        (config(current="[a]"), "current-context: expected a string"),
+        (
+            config(cluster="    server: https://x\n    insecure-skip-tls-verify: 'yes'\n"),
+            "clusters[k].cluster.insecure-skip-tls-verify: expected true or false",
+        ),
+        (
+            config(cluster="    server: https://x\n    proxy-url: socks5://p:1080\n"),
+            "clusters[k].cluster.proxy-url: must be an http(s) URL (socks5 is not supported)",
+        ),
+        (
+            config(cluster="    server: https://x\n    tls-server-name: 5\n"),
+            "clusters[k].cluster.tls-server-name: expected str, got int",
+        ),
+        (config(user="    auth-provider: azure\n"), "users[u].user.auth-provider: 'azure'"),
+        (config(user="    token: [a]\n"), "users[u].user.token: expected str, got list"),
     ],
 )
 def test_bad_kubeconfig_names_file_and_field(tmp_path: Path, text: str, message: str) -> None:
@@ -249,3 +264,101 @@ async def test_exec_plugin_against_emulator(tmp_path: Path) -> None:
             r = await client.get("/api/v1/namespaces")
         assert r.status_code == 200, r.text
         assert json.loads(r.content)["kind"] == "NamespaceList"
+
+
+async def test_exec_plugin_runs_once_for_concurrent_requests_and_again_on_401(
+    tmp_path: Path,
+) -> None:
+    """Seven reflectors share one client: one plugin run serves them all; a 401 (the server
+    stopped accepting the token) re-runs it once and the request succeeds."""
+    import trio
+
+    from metacollector.emulator.harness import running_emulator
+    from tests.kube.conftest import counting_plugin, exec_kubeconfig
+
+    async with running_emulator(nodes=1, pods_per_node=2) as emu:
+        token_file = tmp_path / "token"
+        token_file.write_text(emu.token)
+        script, runs = counting_plugin(tmp_path, token_file)
+        cfg = load_kubeconfig(str(exec_kubeconfig(emu, tmp_path, script)))
+        codes: list[int] = []
+        async with make_client(cfg) as client:
+
+            async def get() -> None:
+                codes.append((await client.get("/api/v1/pods")).status_code)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(7):
+                    nursery.start_soon(get)
+            assert codes == [200] * 7
+            assert len(runs.read_text().splitlines()) == 1
+            token_file.write_text("next-token")
+            await emu.admin("/admin/tokens", {"tokens": ["next-token"]})
+            emu.token = "next-token"
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(get)
+        assert codes == [200] * 10
+        assert len(runs.read_text().splitlines()) == 2
+
+
+async def test_tls_server_name_and_client_certificate_on_a_real_tls_server(tmp_path: Path) -> None:
+    """The server's certificate names only api.internal and it requires a client certificate:
+    connecting to 127.0.0.1 works with tls-server-name and the client cert from -data, and
+    fails without tls-server-name (hostname mismatch)."""
+    import ssl
+    from functools import partial
+
+    import httpx
+    import trio
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.internal").configure_cert(server_ctx)
+    ca.configure_trust(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_cert = ca.issue_cert("collector")
+    peers: list[object] = []
+
+    async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+            peers.append(stream.getpeercert()["subjectAltName"])  # type: ignore[index]
+            await stream.receive_some(65536)
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            )
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(
+            partial(trio.serve_ssl_over_tcp, handle, 0, server_ctx, host="127.0.0.1")
+        )
+        port = listener.transport_listener.socket.getsockname()[1]
+        ca_data = base64.b64encode(ca.cert_pem.bytes()).decode()
+        cert_data = base64.b64encode(client_cert.cert_chain_pems[0].bytes()).decode()
+        key_data = base64.b64encode(client_cert.private_key_pem.bytes()).decode()
+        user = f"    client-certificate-data: {cert_data}\n    client-key-data: {key_data}\n"
+        cluster = (
+            f"    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca_data}\n"
+        )
+        good = load_kubeconfig(
+            str(write(tmp_path, config(user, cluster + "    tls-server-name: api.internal\n")))
+        )
+        async with make_client(good) as client:
+            r = await client.get("/version")
+        assert r.status_code == 200 and r.text == "ok"
+        assert peers and "collector" in str(peers[0])
+        bad = load_kubeconfig(str(write(tmp_path, config(user, cluster), "no-sni")))
+        async with make_client(bad) as client:
+            with pytest.raises(httpx.ConnectError) as info:
+                await client.get("/version")
+        chain = []
+        exc: BaseException | None = info.value
+        while exc is not None:
+            chain.append(exc)
+            exc = exc.__cause__ or exc.__context__
+        assert any("not valid for '127.0.0.1'" in str(e) for e in chain), chain
+        nursery.cancel_scope.cancel()

@@ -3,12 +3,12 @@ equals a fresh list exactly, and relists happened only where unavoidable (410)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+import httpx
 import trio
 
 from metacollector.emulator.harness import EmulatorHandle, running_emulator
@@ -17,7 +17,7 @@ from metacollector.kube.config import load_kubeconfig
 from metacollector.kube.reflector import Backoff, Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES
-from tests.e2e.conftest import needs_emulator
+from tests.kube.conftest import counting_plugin, exec_kubeconfig, needs_emulator
 
 pytestmark = needs_emulator
 PODS = next(r for r in RESOURCES if r.kind == "Pod")
@@ -95,13 +95,6 @@ async def churn(emu: EmulatorHandle, n: int, tag: str) -> None:
                 headers={"Content-Type": "application/merge-patch+json"},
             )
             assert r.status_code == 200, r.text
-
-
-@pytest.fixture
-async def emu() -> AsyncIterator[EmulatorHandle]:
-    async with running_emulator(nodes=3, pods_per_node=5, bookmark_interval=0.2) as handle:
-        await handle.set_faults(only_user_agent="metacollector")  # not the test's own requests
-        yield handle
 
 
 async def test_initial_list_paginates_and_syncs(emu: EmulatorHandle, nursery: trio.Nursery) -> None:
@@ -236,3 +229,47 @@ async def test_streaming_list_and_fallback(nursery: trio.Nursery) -> None:
             await converged(emu, mirror)
             assert reflector.streaming_list is streaming  # fell back when refused
             inner.cancel_scope.cancel()
+
+
+async def test_streaming_list_then_drop_resumes_without_listing_again(
+    emu: EmulatorHandle, nursery: trio.Nursery
+) -> None:
+    """After the initial-events-end bookmark the streaming list has listed: a dropped
+    connection resumes the watch from the last rv instead of streaming the whole list again."""
+    cfg = load_kubeconfig(str(emu.kubeconfig))
+    client = make_client(cfg)
+    initial_requests: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        if request.url.params.get("sendInitialEvents") == "true":
+            initial_requests.append(str(request.url))
+
+    client.event_hooks = {"request": [record]}
+    send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+    reflector: Reflector[Any] = Reflector(
+        client, PODS, KIND_TYPES["Pod"], send, streaming_list=True, backoff=Backoff(initial=0.05)
+    )
+    mirror = Mirror(reflector, {})
+    nursery.start_soon(mirror.consume, receive)
+    nursery.start_soon(reflector.run)
+    await converged(emu, mirror)
+    await emu.set_faults(drop_watch_after=2)
+    await churn(emu, 8, "stream-drop")
+    await emu.set_faults(drop_watch_after=0)
+    await converged(emu, mirror)
+    assert reflector.streaming_list and reflector.watch_restarts >= 1
+    assert len(initial_requests) == 1, initial_requests
+    assert reflector.relists == 0
+
+
+async def test_failing_exec_plugin_is_retried(
+    emu: EmulatorHandle, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A credential plugin that fails at first is retried with backoff; the reflector syncs."""
+    token_file = tmp_path / "token"
+    token_file.write_text(emu.token)
+    script, runs = counting_plugin(tmp_path, token_file, fail_first=2)
+    mirror = await start(nursery, emu, kubeconfig=exec_kubeconfig(emu, tmp_path, script))
+    await converged(emu, mirror)
+    assert len(runs.read_text().splitlines()) == 3
+    assert mirror.reflector.watch_restarts >= 2 and mirror.reflector.relists == 0

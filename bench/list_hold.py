@@ -1,0 +1,152 @@
+"""Time and memory to list and hold a large cluster with the seven reflectors.
+
+The emulator runs in its own process (``python -m metacollector.cli emulator``, TLS unless
+--plain-http); this process runs one Reflector per kind, decoding into the model types with
+string interning as `metacollector run` does, and holds every object in the reflectors' stores.
+Reported: wall time until every reflector is synced, objects per kind, this process's peak RSS
+(ru_maxrss: the emulator is a child and not counted) and RSS after a gc.
+
+python bench/list_hold.py [--nodes 5000 --pods-per-node 30 --page-size 500 --streaming-list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import pathlib
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from metacollector.kube.client import make_client
+from metacollector.kube.config import load_kubeconfig
+from metacollector.kube.reflector import Delta, Reflector
+from metacollector.kube.resources import RESOURCES
+from metacollector.model import KIND_TYPES, intern_strings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
+    baseline = rss_mb()
+    cfg = load_kubeconfig(str(kubeconfig))
+    deltas = 0
+
+    async def drain(receive: trio.MemoryReceiveChannel[Sequence[Delta[Any]]]) -> None:
+        nonlocal deltas
+        async for batch in receive:
+            deltas += len(batch)
+
+    async with make_client(cfg) as client, trio.open_nursery() as nursery:
+        send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](16)
+        reflectors: list[Reflector[Any]] = [
+            Reflector(
+                client,
+                res,
+                KIND_TYPES[res.kind],
+                send.clone(),
+                prepare=intern_strings,
+                page_size=args.page_size,
+                streaming_list=args.streaming_list,
+            )
+            for res in RESOURCES
+        ]
+        send.close()
+        nursery.start_soon(drain, receive)
+        start = time.perf_counter()
+        for reflector in reflectors:
+            nursery.start_soon(reflector.run)
+        for reflector in reflectors:
+            await reflector.synced.wait()
+        elapsed = time.perf_counter() - start
+        await trio.sleep(0.5)  # let the drain catch up before counting
+        gc.collect()
+        result = {
+            "seconds_to_sync": round(elapsed, 2),
+            "objects": {r.kind: len(r.store) for r in reflectors},
+            "total_objects": sum(len(r.store) for r in reflectors),
+            "deltas_handed_on": deltas,
+            "relists": sum(r.relists for r in reflectors),
+            "rss_baseline_mb": round(baseline, 1),
+            "rss_after_gc_mb": round(rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", type=int, default=5000)
+    p.add_argument("--pods-per-node", type=int, default=30)
+    p.add_argument("--page-size", type=int, default=500)
+    p.add_argument("--streaming-list", action="store_true")
+    p.add_argument("--plain-http", action="store_true", help="emulator without TLS")
+    p.add_argument("--out", default="bench/results/list_hold.json")
+    args = p.parse_args()
+    port = free_port()
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    t0 = time.monotonic()
+    cmd = [
+        sys.executable,
+        "-m",
+        "metacollector.cli",
+        "emulator",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--write-kubeconfig",
+        str(tmp / "kubeconfig"),
+        "--nodes",
+        str(args.nodes),
+        "--pods-per-node",
+        str(args.pods_per_node),
+        *(["--plain-http"] if args.plain_http else []),
+    ]
+    emulator = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert emulator.stdout is not None
+        if not emulator.stdout.readline():
+            sys.exit("emulator did not start")
+        result: dict[str, Any] = {
+            "nodes": args.nodes,
+            "pods_per_node": args.pods_per_node,
+            "page_size": args.page_size,
+            "streaming_list": args.streaming_list,
+            "tls": not args.plain_http,
+            "emulator_start_s": round(time.monotonic() - t0, 1),
+        }
+        result.update(trio.run(measure, tmp / "kubeconfig", args))
+    finally:
+        emulator.terminate()
+        emulator.wait(30)
+    print(json.dumps(result, indent=2))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import trio
 
-from metacollector.app import Running, serve
+from metacollector.app import Running, _startup_error, serve
 from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.http import StartupError
 from metacollector.kube.config import load_kubeconfig
 from metacollector.settings import BindAddress, Settings
 from tests.e2e.grpc_watch import GrpcWatch
@@ -92,3 +94,27 @@ async def test_readiness_flips_during_forced_relist(
     await emu.set_faults(throttle_requests=0)
     await wait_status(running, 200)
     assert sum(ref.relists for ref in running.reflectors) >= 1
+
+
+async def test_busy_metrics_port_is_a_startup_error_of_the_app() -> None:
+    async with running_emulator(nodes=1, pods_per_node=1) as emu:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            settings = Settings(
+                metrics_bind=f"127.0.0.1:{port}",
+                health_bind="127.0.0.1:0",
+                broker_bind=BindAddress("127.0.0.1", 0),
+            )
+            cfg = load_kubeconfig(str(emu.kubeconfig))
+            with pytest.raises(BaseException) as info:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(
+                        lambda task_status: serve(settings, kubeconfig=cfg, task_status=task_status)
+                    )
+        found = _startup_error(info.value)  # what `metacollector run` prints as its one line
+        assert isinstance(found, StartupError)
+        assert str(found) == (
+            f"--metrics-bind-address: cannot listen on '127.0.0.1:{port}': Address already in use"
+        )

@@ -38,3 +38,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* Refuse value combinations the collector would reject at startup. */}}
+{{- define "metacollector.validate" -}}
+{{- if and .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap }}
+{{- fail "mtls: set clientCASecret or clientCAConfigMap, not both" }}
+{{- end }}
+{{- if and (or .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap) (not .Values.tls.existingSecret) }}
+{{- fail "mtls: a client CA needs TLS on the gRPC port (set tls.existingSecret)" }}
+{{- end }}
+{{- if and .Values.mtls.nodeBinding (not (or .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap)) }}
+{{- fail "mtls.nodeBinding needs a client CA (mtls.clientCASecret or mtls.clientCAConfigMap)" }}
+{{- end }}
+{{- end }}
+
+{{/* True (non-empty) when a client CA is configured. */}}
+{{- define "metacollector.clientCA" -}}
+{{- if or .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap }}true{{ end }}
+{{- end }}

@@ -31,7 +31,8 @@ class Hub:
         self.applied = 0
         metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
         for kind in KINDS:
-            metrics.OBJECTS.labels(kind).set_function(self.state.objects[kind].__len__)
+            held = self.state.pods if kind == "Pod" else self.state.objects[kind]
+            metrics.OBJECTS.labels(kind).set_function(held.__len__)
 
     def apply(self, deltas: Sequence[Any]) -> None:
         """Apply a batch of reflector deltas (objects with .type, .kind and .obj)."""

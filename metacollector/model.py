@@ -32,7 +32,7 @@ class OwnerReference(msgspec.Struct, frozen=True, gc=False):
     controller: bool | None = None
 
 
-class ObjectMeta(msgspec.Struct, frozen=True):
+class ObjectMeta(msgspec.Struct, frozen=True, gc=False):
     name: str = ""
     namespace: str = ""
     uid: str = ""
@@ -57,22 +57,22 @@ class PodStatus(msgspec.Struct, frozen=True, gc=False):
     podIP: str = ""
 
 
-class ServiceSpec(msgspec.Struct, frozen=True):
+class ServiceSpec(msgspec.Struct, frozen=True, gc=False):
     selector: dict[str, str] | None = None
 
 
-class Pod(msgspec.Struct, frozen=True):
+class Pod(msgspec.Struct, frozen=True, gc=False):
     metadata: ObjectMeta = ObjectMeta()
     spec: PodSpec = PodSpec()
     status: PodStatus = PodStatus()
 
 
-class Service(msgspec.Struct, frozen=True):
+class Service(msgspec.Struct, frozen=True, gc=False):
     metadata: ObjectMeta = ObjectMeta()
     spec: ServiceSpec = ServiceSpec()
 
 
-class Metadata(msgspec.Struct, frozen=True):
+class Metadata(msgspec.Struct, frozen=True, gc=False):
     """Any kind of which we keep only metadata (watched as PartialObjectMetadata)."""
 
     metadata: ObjectMeta = ObjectMeta()
@@ -115,19 +115,24 @@ def intern_strings(obj: Object) -> Object:
     return msgspec.structs.replace(obj, metadata=new_meta)
 
 
-def content(obj: Object) -> tuple[object, ...]:
-    """What the reducer compares to tell a real change from churn: all but resourceVersion."""
-    m = obj.metadata
-    base: tuple[object, ...] = (
-        m.name,
-        m.namespace,
-        m.uid,
-        m.generateName,
-        m.labels,
-        m.ownerReferences,
-    )
-    if isinstance(obj, Pod):
-        return (*base, obj.spec.nodeName, obj.status.podIP)
-    if isinstance(obj, Service):
-        return (*base, obj.spec.selector)
-    return base
+def same_content(old: Object, new: Object) -> bool:
+    """Whether two versions of one object differ in nothing the reducer uses.
+
+    Only resourceVersion is ignored; name, namespace, uid and generateName are compared too
+    although the API server keeps them immutable for one uid.
+    """
+    a, b = old.metadata, new.metadata
+    if not (
+        a.labels == b.labels
+        and a.ownerReferences == b.ownerReferences
+        and a.name == b.name
+        and a.namespace == b.namespace
+        and a.uid == b.uid
+        and a.generateName == b.generateName
+    ):
+        return False
+    if isinstance(old, Pod):
+        return isinstance(new, Pod) and old.spec == new.spec and old.status == new.status
+    if isinstance(old, Service):
+        return isinstance(new, Service) and old.spec == new.spec
+    return type(old) is type(new)

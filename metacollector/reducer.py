@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from metacollector.changes import ObjectChange, Reason
-from metacollector.model import Object, Pod, Service, content
-from metacollector.render import render_meta, render_status
+from metacollector.model import Object, Pod, Service, same_content
+from metacollector.render import render_meta, render_refs, render_status
 from metacollector.state import ClusterState, Key, PodEntry, index_label
 
 ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -30,21 +32,21 @@ class Reducer:
 
     def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
         """Apply one change; return the (node, key) pairs it touched."""
+        if kind == "Pod":
+            return self._apply_pod(change_type, obj)
         uid = obj.metadata.uid
-        old = self.state.objects[kind].get(uid)
+        objects = self.state.objects[kind]
+        old = objects.get(uid)
         if change_type == "DELETED":
             if old is None:
                 return []
             new: Object | None = None
         else:
             new = obj
-            if old is not None and content(old) == content(new):
-                self.state.objects[kind][uid] = new  # keep the newest resourceVersion
+            if old is not None and same_content(old, new):
+                objects[uid] = new  # keep the newest resourceVersion
                 return []
         touched: Touched = []
-        if kind == "Pod":
-            self._apply_pod(uid, old, new, touched)
-            return touched
         self._set(kind, uid, new)
         self._touch_key((kind, uid), touched)
         self._record(kind, old, new)
@@ -73,100 +75,156 @@ class Reducer:
         return touched
 
     # --- pods ------------------------------------------------------------------------------
-    def _apply_pod(
-        self, uid: str, old: Object | None, new: Object | None, touched: Touched
-    ) -> None:
+    def _apply_pod(self, change_type: ChangeType, new: Object) -> Touched:
+        """Pods live in ``state.pods`` only (one lookup per change: the state is far larger
+        than the CPU caches, so each lookup of a cold object costs more than the Python)."""
         st = self.state
-        old_entry = st.pods.pop(uid, None)
-        self._set("Pod", uid, new)
-        new_entry: PodEntry | None = None
-        if isinstance(new, Pod):
-            refs, related = st.pod_refs(new)
-            owner = new.metadata.controller()
-            new_entry = PodEntry(
-                node=new.spec.nodeName,
-                namespace=new.metadata.namespace,
-                owner_uid=owner.uid if owner else "",
-                refs=refs,
-                related=related,
-            )
-            st.pods[uid] = new_entry
-        for index, attr in (
-            (st.pods_by_node, "node"),
-            (st.pods_by_namespace, "namespace"),
-            (st.pods_by_owner, "owner_uid"),
-        ):
-            before = getattr(old_entry, attr) if old_entry is not None else ""
-            after = getattr(new_entry, attr) if new_entry is not None else ""
-            if before != after or new_entry is None:
-                _discard(index, before, uid)
-            if before != after or old_entry is None:
-                _add(index, after, uid)
-        if not (
-            old_entry is not None
-            and new_entry is not None
-            and old_entry.node == new_entry.node
-            and old_entry.related == new_entry.related
-        ):
-            self._move_refs(old_entry, new_entry, touched)
-        key: Key = ("Pod", uid)
-        if old_entry is not None and old_entry.node:
-            touched.append((old_entry.node, key))
+        uid = new.metadata.uid
+        old_entry = st.pods.get(uid)
+        if change_type == "DELETED" or not isinstance(new, Pod):
+            if old_entry is None:
+                return []
+            return self._delete_pod(uid, old_entry)
+        if old_entry is not None and same_content(old_entry.pod, new):
+            old_entry.pod = new  # keep the newest resourceVersion
+            return []
+        touched: Touched = []
+        old = old_entry.pod if old_entry is not None else None
+        key: Key = old_entry.key if old_entry is not None else ("Pod", uid)
+        old_node = old_entry.node if old_entry is not None else ""
+        meta = new.metadata
+        node = new.spec.nodeName
+        body = None
         if (
-            new_entry is not None
-            and new_entry.node
-            and (old_entry is None or new_entry.node != old_entry.node)
+            old_entry is not None
+            and old is not None  # (implied; for the type checker)
+            and old.metadata.labels == meta.labels
+            and old.metadata.ownerReferences == meta.ownerReferences
+            and old.metadata.namespace == meta.namespace
         ):
-            touched.append((new_entry.node, key))
+            # Refs depend on labels and owners only (and on other objects, whose changes
+            # refresh them): a move or an IP change keeps them.
+            refs, related, owner_uid = old_entry.refs, old_entry.related, old_entry.owner_uid
+            encoded_refs = old_entry.encoded_refs
+            if (
+                old.status == new.status
+                and old.metadata.name == meta.name
+                and old.metadata.generateName == meta.generateName
+            ):
+                body = old_entry.body  # a move: the rendered event has no node in it
+        else:
+            refs, related = st.pod_refs(new)
+            owner = meta.controller()
+            owner_uid = owner.uid if owner is not None else ""
+            if old_entry is not None and old_entry.refs == refs:
+                encoded_refs = old_entry.encoded_refs
+            else:
+                encoded_refs = render_refs(refs)
+        entry = PodEntry(
+            key, new, node, meta.namespace, owner_uid, refs, related, encoded_refs, body
+        )
+        st.pods[uid] = entry
+        if old_entry is None:
+            _add(st.pods_by_node, node, uid)
+            _add(st.pods_by_namespace, entry.namespace, uid)
+            _add(st.pods_by_owner, owner_uid, uid)
+            self._move_refs("", (), node, related, touched)
+        else:
+            if old_node != node:
+                _discard(st.pods_by_node, old_node, uid)
+                _add(st.pods_by_node, node, uid)
+            if old_entry.namespace != entry.namespace:
+                _discard(st.pods_by_namespace, old_entry.namespace, uid)
+                _add(st.pods_by_namespace, entry.namespace, uid)
+            if old_entry.owner_uid != owner_uid:
+                _discard(st.pods_by_owner, old_entry.owner_uid, uid)
+                _add(st.pods_by_owner, owner_uid, uid)
+            if old_node != node or old_entry.related != related:
+                self._move_refs(old_node, old_entry.related, node, related, touched)
+        if old_node:
+            touched.append((old_node, key))
+        if node and node != old_node:
+            touched.append((node, key))
         self._record("Pod", old, new)
+        return touched
+
+    def _delete_pod(self, uid: str, entry: PodEntry) -> Touched:
+        st = self.state
+        del st.pods[uid]
+        _discard(st.pods_by_node, entry.node, uid)
+        _discard(st.pods_by_namespace, entry.namespace, uid)
+        _discard(st.pods_by_owner, entry.owner_uid, uid)
+        touched: Touched = []
+        if entry.node:
+            self._move_refs(entry.node, entry.related, "", (), touched)
+            touched.append((entry.node, entry.key))
+        self._record("Pod", entry.pod, None)
+        return touched
 
     def _refresh_pods(self, uids: set[str] | tuple[()], touched: Touched) -> None:
         """Recompute the refs of pods whose referenced objects changed."""
         st = self.state
         for uid in list(uids):
             entry = st.pods[uid]
-            pod = st.objects["Pod"][uid]
-            assert isinstance(pod, Pod)
+            pod = entry.pod
             refs, related = st.pod_refs(pod)
             if refs == entry.refs and related == entry.related:
                 continue
-            new_entry = PodEntry(entry.node, entry.namespace, entry.owner_uid, refs, related)
-            st.pods[uid] = new_entry
-            st.bodies.pop(("Pod", uid), None)
-            self._move_refs(entry, new_entry, touched)
+            st.pods[uid] = msgspec.structs.replace(
+                entry, refs=refs, related=related, encoded_refs=render_refs(refs), body=None
+            )
+            self._move_refs(entry.node, entry.related, entry.node, related, touched)
             if entry.node:
-                touched.append((entry.node, ("Pod", uid)))
+                touched.append((entry.node, entry.key))
             self._record("Pod", pod, pod)
 
-    def _move_refs(self, old: PodEntry | None, new: PodEntry | None, touched: Touched) -> None:
-        old_node = old.node if old else ""
-        new_node = new.node if new else ""
-        old_related = set(old.related) if old and old_node else set()
-        new_related = set(new.related) if new and new_node else set()
-        if old_node == new_node:
-            removed, added = old_related - new_related, new_related - old_related
-        else:
-            removed, added = old_related, new_related
-        for key in removed:
-            self._ref(old_node, key, -1, touched)
-        for key in added:
-            self._ref(new_node, key, +1, touched)
+    def _move_refs(
+        self,
+        old_node: str,
+        old_related: tuple[Key, ...],
+        new_node: str,
+        new_related: tuple[Key, ...],
+        touched: Touched,
+    ) -> None:
+        """Move one pod's references from (old node, old keys) to (new node, new keys).
 
-    def _ref(self, node: str, key: Key, delta: int, touched: Touched) -> None:
-        st = self.state
-        nodes = st.key_nodes.setdefault(key, {})
-        count = nodes.get(node, 0) + delta
-        if count > 0:
-            nodes[node] = count
-            if count == 1 and delta > 0:
-                st.node_keys.setdefault(node, set()).add(key)
-                touched.append((node, key))
-            return
-        nodes.pop(node, None)
-        if not nodes:
-            del st.key_nodes[key]
-        _discard(st.node_keys, node, key)
-        touched.append((node, key))
+        ``key_nodes[key][node]`` counts the pods on ``node`` that reference ``key``; a key
+        enters a node's view when its count becomes 1 and leaves it when the count reaches 0.
+        Unscheduled pods (node "") reference nothing.
+        """
+        if not old_node:
+            old_related = ()
+        if not new_node:
+            new_related = ()
+        if old_node == new_node:
+            removed = [k for k in old_related if k not in new_related]
+            added = [k for k in new_related if k not in old_related]
+        else:
+            removed, added = list(old_related), list(new_related)
+        key_nodes, node_keys = self.state.key_nodes, self.state.node_keys
+        for key in removed:
+            nodes = key_nodes[key]
+            count = nodes[old_node] - 1
+            if count:
+                nodes[old_node] = count
+                continue
+            del nodes[old_node]
+            if not nodes:
+                del key_nodes[key]
+            _discard(node_keys, old_node, key)
+            touched.append((old_node, key))
+        for key in added:
+            counts = key_nodes.get(key)
+            if counts is None:
+                counts = key_nodes[key] = {}
+            count = counts.get(new_node, 0)
+            counts[new_node] = count + 1
+            if not count:
+                keys = node_keys.get(new_node)
+                if keys is None:
+                    keys = node_keys[new_node] = set()
+                keys.add(key)
+                touched.append((new_node, key))
 
     # --- everything else -------------------------------------------------------------------
     def _set(self, kind: str, uid: str, new: Object | None) -> None:

@@ -3,6 +3,10 @@
 An event is rendered once per object version as a *body* (every Event field but ``reason``);
 the message for a subscriber is ``reason`` prefix + body. Protobuf allows fields in any order,
 so the concatenation is a valid Event, and the body bytes are shared by every subscriber.
+
+The Event is encoded by hand: its schema is five strings and one map of string lists, and
+building a upb message per pod version cost more than everything else the reducer does for it.
+The bytes equal upb's deterministic serialization (tests/core/test_render.py checks both ways).
 """
 
 from __future__ import annotations
@@ -11,12 +15,39 @@ from typing import Final
 
 import msgspec
 
-from metacollector.model import CLUSTER_SCOPED, Object, Pod
-from metacollector.proto import metadata_pb2 as pb
+from metacollector.model import CLUSTER_SCOPED, KINDS, Object, Pod
 
 Refs = tuple[tuple[str, tuple[str, ...]], ...]  # (kind, uids) pairs, kinds sorted
 
 _json = msgspec.json.Encoder(order="sorted")
+_EMPTY_STATUS: Final = b"{}"
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS: Final = tuple(_encode_varint(n) for n in range(1 << 14))
+
+
+def _varint(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _encode_varint(n)
+
+
+def _field(tag: bytes, data: bytes) -> bytes:
+    """One length-delimited field: tag, length, bytes."""
+    return tag + _varint(len(data)) + data
+
+
+# Tags (field number << 3 | wire type 2) of the Event fields we write.
+_REASON, _UID, _KIND, _META, _STATUS, _REFS = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x32", b"\x3a"
+_MAP_KEY, _MAP_VALUE, _LIST_ITEM = b"\x0a", b"\x12", b"\x0a"  # map entry key/value; list item
+_KIND_FIELDS: Final = {kind: _field(_KIND, kind.encode()) for kind in KINDS}
 
 
 def render_meta(kind: str, obj: Object) -> bytes:
@@ -34,29 +65,43 @@ def render_meta(kind: str, obj: Object) -> bytes:
 
 def render_status(pod: Pod) -> bytes:
     """The ``status`` JSON of a pod: ``{"podIP":...}`` or ``{}`` before an IP is assigned."""
-    return _json.encode({"podIP": pod.status.podIP} if pod.status.podIP else {})
+    ip = pod.status.podIP
+    return _json.encode({"podIP": ip}) if ip else _EMPTY_STATUS
 
 
-def render_body(kind: str, obj: Object, refs: Refs | None) -> bytes:
-    """Serialized Event without ``reason``: what Create and Update of this version share."""
-    event = pb.Event(uid=obj.metadata.uid, kind=kind, meta=render_meta(kind, obj).decode())
+def render_refs(refs: Refs) -> bytes:
+    """The serialized ``References`` message: one map entry per kind, kinds in sorted order."""
+    return b"".join(
+        _field(
+            _MAP_KEY,
+            _field(_MAP_KEY, kind.encode())
+            + _field(_MAP_VALUE, b"".join([_field(_LIST_ITEM, uid.encode()) for uid in uids])),
+        )
+        for kind, uids in refs
+    )
+
+
+def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
+    """Serialized Event without ``reason``: what Create and Update of this version share.
+
+    ``encoded_refs`` is ``render_refs`` of a pod's refs (kept with the pod: refs change far
+    less often than the pod does).
+    """
+    uid = obj.metadata.uid.encode()
+    body = (_field(_UID, uid) if uid else b"") + _KIND_FIELDS[kind] + _field(
+        _META, render_meta(kind, obj)
+    )
     if isinstance(obj, Pod):
-        event.status = render_status(obj).decode()
-        event.refs.SetInParent()
-        resources = event.refs.resources
-        for ref_kind, uids in refs or ():
-            resources[ref_kind].list.extend(uids)
-    return event.SerializeToString(deterministic=True)
+        body += _field(_STATUS, render_status(obj)) + _field(_REFS, encoded_refs or b"")
+    return body
 
 
-def _reason_prefix(reason: str) -> bytes:
-    return pb.Event(reason=reason).SerializeToString()
-
-
-CREATE_PREFIX: Final = _reason_prefix("Create")
-UPDATE_PREFIX: Final = _reason_prefix("Update")
+CREATE_PREFIX: Final = _field(_REASON, b"Create")
+UPDATE_PREFIX: Final = _field(_REASON, b"Update")
+_DELETE_PREFIX: Final = _field(_REASON, b"Delete")
 
 
 def delete_message(kind: str, uid: str) -> bytes:
     """A Delete carries only reason, uid and kind."""
-    return pb.Event(reason="Delete", uid=uid, kind=kind).SerializeToString()
+    encoded = uid.encode()
+    return _DELETE_PREFIX + (_field(_UID, encoded) if encoded else b"") + _KIND_FIELDS[kind]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from metacollector.model import KINDS
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
@@ -25,8 +25,7 @@ def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
     return frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
+class Sent(NamedTuple):
     """One message taken from a mailbox: protobuf bytes plus what metrics and latency need."""
 
     message: bytes
@@ -35,7 +34,7 @@ class Sent:
     marked_at: float
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Mailbox:
     node: str
     kinds: frozenset[str]
@@ -53,34 +52,39 @@ class Mailbox:
         return True
 
     def take(self, state: ClusterState, max_bytes: int) -> list[Sent]:
-        """The next events for this subscriber, up to about ``max_bytes`` (at least one)."""
+        """The next events for this subscriber, up to about ``max_bytes`` (at least one).
+
+        Keys are looked at oldest-marked first; each yields Create, Update, Delete or nothing.
+        """
         out: list[Sent] = []
         size = 0
-        dirty = self.dirty
-        while dirty and size < max_bytes:
-            key = next(iter(dirty))
-            marked_at = dirty.pop(key)
-            message = self._event_for(state, key)
-            if message is not None:
-                out.append(Sent(message[0], key[0], message[1], marked_at))
-                size += len(message[0])
+        dirty, sent, node = self.dirty, self.sent, self.node
+        current = state.current
+        looked: list[Key] = []
+        for key, marked_at in dirty.items():
+            looked.append(key)
+            last = sent.get(key)
+            body = current(node, key)
+            if body is not None:
+                if last is None:
+                    message, reason = CREATE_PREFIX + body, "Create"
+                elif last is not body and last != body:
+                    message, reason = UPDATE_PREFIX + body, "Update"
+                else:
+                    continue
+                sent[key] = body
+            elif last is not None:
+                del sent[key]
+                message, reason = delete_message(*key), "Delete"
+            else:
+                continue
+            out.append(Sent(message, key[0], reason, marked_at))
+            size += len(message)
+            if size >= max_bytes:
+                break
+        for key in looked:
+            del dirty[key]
         return out
-
-    def _event_for(self, state: ClusterState, key: Key) -> tuple[bytes, str] | None:
-        last = self.sent.get(key)
-        if state.in_view(self.node, key):
-            body = state.body(key)
-            if last is None:
-                self.sent[key] = body
-                return CREATE_PREFIX + body, "Create"
-            if last is not body and last != body:
-                self.sent[key] = body
-                return UPDATE_PREFIX + body, "Update"
-            return None
-        if last is not None:
-            del self.sent[key]
-            return delete_message(*key), "Delete"
-        return None
 
 
 @dataclass
@@ -110,9 +114,13 @@ class Subscriptions:
         """Mark each touched key in the mailboxes of its node's subscribers that want its kind."""
         by_node = self.by_node
         for node, key in touched:
-            for mailbox in by_node.get(node, ()):
-                if key[0] in mailbox.kinds:
-                    mailbox.mark(key, now)
+            mailboxes = by_node.get(node)
+            if mailboxes:
+                for mailbox in mailboxes:
+                    if key[0] in mailbox.kinds and key not in mailbox.dirty:
+                        mailbox.dirty[key] = now
+                        if mailbox.on_ready is not None:
+                            mailbox.on_ready()
 
     def depth(self) -> int:
         """Keys waiting to be looked at, summed over every subscriber."""

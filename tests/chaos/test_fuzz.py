@@ -169,7 +169,7 @@ def test_healthy_subscriber_exact_and_memory_bounded_under_fuzz(served: Served) 
     tracemalloc.stop()
     assert current < 20 * 2**20, f"{current / 2**20:.1f} MiB still allocated after the fuzz"
     expected = oracle.view(
-        served.hub.state.objects, "n1", frozenset({"Pod", "Namespace", "Service"})
+        served.hub.state.by_kind(), "n1", frozenset({"Pod", "Namespace", "Service"})
     )
     deadline = time.monotonic() + 10
     while healthy.current != expected and time.monotonic() < deadline:

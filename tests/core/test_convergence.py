@@ -133,6 +133,6 @@ def test_every_subscriber_converges_to_its_view(
                 core.drain(sub)
     for sub in subs:
         core.drain(sub)
-        expected = oracle.view(core.reducer.state.objects, sub.mailbox.node, sub.mailbox.kinds)
+        expected = oracle.view(core.reducer.state.by_kind(), sub.mailbox.node, sub.mailbox.kinds)
         assert sub.table == expected
         assert core.drain(sub) == []  # quiet cluster: nothing more, no spurious Updates

@@ -96,7 +96,7 @@ def cluster() -> Core:
 
 def assert_converged(core: Core, sub: Subscriber, kinds: frozenset[str]) -> None:
     core.drain(sub)
-    expected = oracle.view(core.reducer.state.objects, sub.mailbox.node, kinds)
+    expected = oracle.view(core.reducer.state.by_kind(), sub.mailbox.node, kinds)
     assert sub.table == expected
 
 

@@ -7,6 +7,7 @@ shutdown: GOAWAY and UNAVAILABLE to gRPC peers, CloudEvents flushed within their
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import trio
 
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
+from metacollector.gcpolicy import freeze_heap
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
 from metacollector.grpc.watch import WatchService
@@ -67,6 +69,18 @@ def relist_grace_check(reflectors: Sequence[Reflector[Any]], grace: float) -> An
 
 def default_source(cfg: KubeConfig) -> str:
     return f"/metacollector/{cfg.cluster_name or urlsplit(cfg.server).hostname or 'cluster'}"
+
+
+async def freeze_heap_once_synced(
+    reflectors: Sequence[Reflector[Any]], pending: trio.MemoryReceiveChannel[Any]
+) -> None:
+    """After the first full sync reached the hub, take the state out of the cyclic GC's sight."""
+    for reflector in reflectors:
+        await reflector.synced.wait()
+    while pending.statistics().current_buffer_used:
+        await trio.sleep(0.05)
+    freeze_heap()
+    log.info("cluster state synced", extra={"objects_frozen": gc.get_freeze_count()})
 
 
 async def serve(
@@ -121,6 +135,7 @@ async def serve(
         nursery.start_soon(hub.run, receive)
         for reflector in reflectors:
             nursery.start_soon(reflector.run)
+        nursery.start_soon(freeze_heap_once_synced, reflectors, receive)
         if sink is not None:
             await nursery.start(sink.run)
         grpc_listening = False

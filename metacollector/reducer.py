@@ -113,7 +113,14 @@ class Reducer:
             ):
                 body = old_entry.body  # a move: the rendered event has no node in it
         else:
-            refs, related = st.pod_refs(new)
+            same_owners = (
+                old_entry
+                if old is not None
+                and old.metadata.ownerReferences == meta.ownerReferences
+                and old.metadata.namespace == meta.namespace
+                else None
+            )
+            refs, related = st.pod_refs(new, same_owners)
             owner = meta.controller()
             owner_uid = owner.uid if owner is not None else ""
             if old_entry is not None and old_entry.refs == refs:

@@ -101,8 +101,26 @@ class ClusterState:
             body = self.bodies[key] = render_body(kind, obj, None)
         return body
 
-    def pod_refs(self, pod: Pod) -> tuple[Refs, tuple[Key, ...]]:
-        """A pod's refs (SPEC section 1) and the non-pod keys they pull into its node's view."""
+    def pod_refs(
+        self, pod: Pod, same_owners: PodEntry | None = None
+    ) -> tuple[Refs, tuple[Key, ...]]:
+        """A pod's refs (SPEC section 1) and the non-pod keys they pull into its node's view.
+
+        ``same_owners``: the pod's entry when its namespace and ownerReferences did not change;
+        all but its Services are taken from there (kept current by the reducer).
+        """
+        if same_owners is not None:
+            refs = {kind: uids for kind, uids in same_owners.refs if kind != "Service"}
+            related = [key for key in same_owners.related if key[0] != "Service"]
+        else:
+            refs, related = self._owner_refs(pod)
+        services = sorted(self.matching_services(pod))
+        refs["Service"] = tuple(services)
+        related.extend(("Service", uid) for uid in services)
+        return tuple(sorted(refs.items())), tuple(related)
+
+    def _owner_refs(self, pod: Pod) -> tuple[dict[str, tuple[str, ...]], list[Key]]:
+        """The Namespace and owner-chain part of a pod's refs and related keys."""
         meta = pod.metadata
         refs: dict[str, tuple[str, ...]] = {}
         related: list[Key] = []
@@ -122,10 +140,7 @@ class ClusterState:
                     refs[grand.kind] = (grand.uid,)
                     if grand.kind == "Deployment":
                         related.append(("Deployment", grand.uid))
-        services = sorted(self.matching_services(pod))
-        refs["Service"] = tuple(services)
-        related.extend(("Service", uid) for uid in services)
-        return tuple(sorted(refs.items())), tuple(related)
+        return refs, related
 
     def matching_services(self, pod: Pod) -> set[str]:
         """UIDs of the Services in the pod's namespace that select it."""

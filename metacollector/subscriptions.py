@@ -8,6 +8,7 @@ mailbox is therefore bounded by its node's view, and it always ends on the true 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -60,9 +61,9 @@ class Mailbox:
         size = 0
         dirty, sent, node = self.dirty, self.sent, self.node
         current = state.current
-        looked: list[Key] = []
+        looked = 0
         for key, marked_at in dirty.items():
-            looked.append(key)
+            looked += 1
             last = sent.get(key)
             body = current(node, key)
             if body is not None:
@@ -82,7 +83,10 @@ class Mailbox:
             size += len(message)
             if size >= max_bytes:
                 break
-        for key in looked:
+        else:
+            dirty.clear()
+            return out
+        for key in list(itertools.islice(dirty, looked)):
             del dirty[key]
         return out
 

@@ -8,6 +8,7 @@ then, on "report" on stdin, {"event": "report", "digests": {node: sha256}, "late
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import resource
@@ -83,6 +84,7 @@ async def main() -> None:
             last = max((n.last_event for n in nodes.values()), default=0.0)
             if all(n.events for n in nodes.values()) and time.monotonic() - last > quiet:
                 break
+        gc.freeze()  # the tables are long-lived: keep GC passes (and their pauses) off them
         print(
             json.dumps(
                 {

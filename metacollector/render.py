@@ -88,12 +88,13 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
     less often than the pod does).
     """
     uid = obj.metadata.uid.encode()
-    body = (_field(_UID, uid) if uid else b"") + _KIND_FIELDS[kind] + _field(
-        _META, render_meta(kind, obj)
-    )
+    meta = render_meta(kind, obj)
+    parts = [_UID, _varint(len(uid)), uid] if uid else []
+    parts += (_KIND_FIELDS[kind], _META, _varint(len(meta)), meta)
     if isinstance(obj, Pod):
-        body += _field(_STATUS, render_status(obj)) + _field(_REFS, encoded_refs or b"")
-    return body
+        status, refs = render_status(obj), encoded_refs or b""
+        parts += (_STATUS, _varint(len(status)), status, _REFS, _varint(len(refs)), refs)
+    return b"".join(parts)
 
 
 CREATE_PREFIX: Final = _field(_REASON, b"Create")

@@ -81,10 +81,9 @@ class Reducer:
         st = self.state
         uid = new.metadata.uid
         old_entry = st.pods.get(uid)
-        if change_type == "DELETED" or not isinstance(new, Pod):
-            if old_entry is None:
-                return []
-            return self._delete_pod(uid, old_entry)
+        if change_type == "DELETED":
+            return self._delete_pod(uid, old_entry) if old_entry is not None else []
+        assert isinstance(new, Pod)
         if old_entry is not None and same_content(old_entry.pod, new):
             old_entry.pod = new  # keep the newest resourceVersion
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import secrets
 import ssl
 import tempfile
@@ -82,8 +83,16 @@ def client_context(ca_pem: bytes | None) -> ssl.SSLContext | bool:
 
 
 def load_cluster(emulator: Emulator, nodes: int, pods_per_node: int, seed: int) -> None:
-    for plural, obj in generate_cluster(nodes, pods_per_node, seed=seed):
-        emulator.store.load(plural, obj)
+    """Load a generated cluster. The cyclic GC is paused meanwhile: everything made here lives
+    on, and its full collections over the growing heap took ~14 s of a 150,000-pod start."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for plural, obj in generate_cluster(nodes, pods_per_node, seed=seed):
+            emulator.store.load(plural, obj)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @asynccontextmanager

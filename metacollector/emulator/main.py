@@ -17,6 +17,7 @@ from metacollector.emulator.harness import (
     self_signed,
 )
 from metacollector.emulator.server import Emulator, Faults
+from metacollector.gcpolicy import freeze_heap
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pods-per-node", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--churn-rate", type=float, default=0.0, help="changes per second")
+    p.add_argument(
+        "--churn-mode",
+        choices=("rest", "store"),
+        default="rest",
+        help="churn through REST like any client (rest), or commit straight to the store "
+        "in-process (store: measures watch serving apart from REST write capacity)",
+    )
     p.add_argument("--history-size", type=int, default=10000)
     p.add_argument("--bookmark-interval", type=float, default=60.0)
     p.add_argument(
@@ -61,6 +69,10 @@ def main(args: argparse.Namespace) -> int:
         ),
     )
     load_cluster(emulator, args.nodes, args.pods_per_node, args.seed)
+    # The generated cluster is millions of long-lived objects: keep them out of the cyclic
+    # GC's full collections, which would otherwise stall every watch for a second or more. (One
+    # collection first: it also sets the baseline that makes the next full one rare.)
+    freeze_heap()
 
     async def run() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -76,7 +88,9 @@ def main(args: argparse.Namespace) -> int:
                     + (f", kubeconfig {args.write_kubeconfig}" if args.write_kubeconfig else ""),
                     flush=True,
                 )
-                if args.churn_rate > 0:
+                if args.churn_rate > 0 and args.churn_mode == "store":
+                    emulator.start_churn(args.churn_rate)
+                elif args.churn_rate > 0:
                     handle = EmulatorHandle(
                         url, args.token, Path(args.write_kubeconfig or "-"), emulator
                     )

@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from metacollector.emulator import discovery
+from metacollector.emulator.churn import ChurnStats, run_store_churn
 from metacollector.emulator.patch import merge_patch
 from metacollector.emulator.selectors import SelectorError, object_filter
 from metacollector.emulator.store import (
@@ -39,6 +40,8 @@ log = logging.getLogger("metacollector.emulator")
 _current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
 _agent: contextvars.ContextVar[str] = contextvars.ContextVar("agent")
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+WATCH_BATCH = 256  # events written with one send when a watcher has several queued
 PARTIAL = "as=PartialObjectMetadata"
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -146,7 +149,9 @@ class Emulator:
         self.faults = faults or Faults()
         self.stats = Stats()
         self.ssl_context = ssl_context
+        self.churn: ChurnStats | None = None  # the in-process churn's, if one was started
         self._connections: set[trio.CancelScope] = set()
+        self._nursery: trio.Nursery | None = None
 
     # --- serving ---------------------------------------------------------------------------
     async def serve(
@@ -158,8 +163,21 @@ class Emulator:
         if self.ssl_context is not None:
             ctx = self.ssl_context
             served = [trio.SSLListener(lst, ctx, https_compatible=True) for lst in listeners]
-        task_status.started(bound)
-        await trio.serve_listeners(self._connection, served)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(bound)
+            await trio.serve_listeners(self._connection, served)
+
+    def start_churn(self, rate: float, duration: float | None = None, seed: int = 7) -> None:
+        """Start the in-process churn (``run_store_churn``) beside the server; its counts are
+        reported under ``churn`` in ``/admin/stats``."""
+        assert self._nursery is not None, "serve() is not running"
+        self.churn = ChurnStats()
+        self._nursery.start_soon(
+            lambda: run_store_churn(
+                self.store, rate, duration=duration, seed=seed, stats=self.churn
+            )
+        )
 
     def restart(self, keep: trio.CancelScope | None = None) -> None:
         """New resourceVersion epoch and every open connection dropped (see Store.new_epoch)."""
@@ -211,8 +229,9 @@ class Emulator:
                 return
             conn.start_next_cycle()
 
-    async def _send(self, stream: trio.abc.Stream, conn: h11.Connection, event: Any) -> None:
-        data = conn.send(event)
+    async def _send(self, stream: trio.abc.Stream, conn: h11.Connection, *events: Any) -> None:
+        """Serialize ``events`` with h11 and write them with one ``send_all`` (one syscall)."""
+        data = b"".join(conn.send(event) or b"" for event in events)
         if data:
             self.stats.bytes_served += len(data)
             agent = _agent.get("")
@@ -264,9 +283,13 @@ class Emulator:
             ("Content-Length", str(len(payload))),
             *(extra or []),
         ]
-        await self._send(stream, conn, h11.Response(status_code=code, headers=headers))
-        await self._send(stream, conn, h11.Data(data=payload))
-        await self._send(stream, conn, h11.EndOfMessage())
+        await self._send(
+            stream,
+            conn,
+            h11.Response(status_code=code, headers=headers),
+            h11.Data(data=payload),
+            h11.EndOfMessage(),
+        )
 
     async def _stream(
         self, stream: trio.abc.Stream, conn: h11.Connection, produce: Producer
@@ -383,8 +406,10 @@ class Emulator:
                     f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type})",
                 )
             current = self._get(route)
-            patched = merge_patch(json.loads(current.data), self._body(body))
-            patched["metadata"]["resourceVersion"] = ""
+            # merge_patch copies only what the patch touches and the stored object is never
+            # mutated, so the patched object can share its other subtrees with it
+            patched = merge_patch(current.obj, self._body(body))
+            patched["metadata"] = {**patched["metadata"], "resourceVersion": ""}
             return 200, self._update(route, patched)
         if method == "DELETE" and route.name:
             try:
@@ -424,8 +449,8 @@ class Emulator:
     @staticmethod
     def _body(body: bytes) -> Obj:
         try:
-            obj = json.loads(body)
-        except ValueError:
+            obj = _decode(body)
+        except ValueError:  # msgspec.DecodeError is a ValueError
             raise HTTPError(400, "BadRequest", "request body is not valid JSON") from None
         if not isinstance(obj, dict):
             raise HTTPError(400, "BadRequest", "request body must be a JSON object")
@@ -562,9 +587,11 @@ class Emulator:
         faults = self.faults
 
         def line(event: Event) -> bytes:
-            if metadata_only:
-                return _encode({"type": event.type, "object": partial(event.obj)}) + b"\n"
-            return event.line()
+            return event.partial_line() if metadata_only else event.line()
+
+        # Events already queued are written together (one chunk, one syscall) rather than one
+        # by one; a client splitting on newlines cannot tell. Slow-write faults stay per event.
+        batch = 1 if faults.slow_write_delay else WATCH_BATCH
 
         def bookmark(rv: int, end: bool = False) -> bytes:
             meta: Obj = {"resourceVersion": str(rv)}
@@ -587,22 +614,26 @@ class Emulator:
             last_rv = since
             try:
                 with trio.move_on_after(timeout):
-                    for stored in initial_items:
+                    for i in range(0, len(initial_items), batch):
                         await write(
-                            line(Event(stored.rv, route.plural, "ADDED", stored.obj, stored.data))
+                            b"".join(
+                                line(Event(s.rv, route.plural, "ADDED", s.obj, s.data))
+                                for s in initial_items[i : i + batch]
+                            )
                         )
                     if initial:
                         await write(bookmark(store.rv, end=True))
                     pending = list(backlog)
                     next_bookmark = trio.current_time() + self.bookmark_interval
                     while True:
+                        out: list[bytes] = []
                         for event in pending:
                             if event.rv <= last_rv:
                                 continue
                             if targeted and faults.malformed_lines > 0:
                                 faults.malformed_lines -= 1
-                                await write(b'{"type":"MODIFIED","object":{"this is not json\n')
-                            await write(line(event))
+                                out.append(b'{"type":"MODIFIED","object":{"this is not json\n')
+                            out.append(line(event))
                             last_rv = event.rv
                             sent += 1
                             if (
@@ -610,8 +641,13 @@ class Emulator:
                                 and faults.drop_watch_after
                                 and sent >= faults.drop_watch_after
                             ):
+                                await write(b"".join(out))
                                 raise _Drop()
-                        pending = []
+                            if len(out) >= batch:
+                                await write(b"".join(out))
+                                out = []
+                        if out:
+                            await write(b"".join(out))
                         if watcher.expired and live.statistics().current_buffer_used == 0:
                             await write(
                                 _encode(
@@ -631,6 +667,9 @@ class Emulator:
                                 + b"\n"
                             )
                             return
+                        pending = _drain(live, batch)
+                        if pending or watcher.expired:
+                            continue
                         with trio.move_on_at(next_bookmark):
                             received = await live.receive()
                             if received is None:
@@ -653,6 +692,7 @@ class Emulator:
                     **asdict(self.stats),
                     "resourceVersion": self.store.rv,
                     "faults": asdict(self.faults),
+                    "churn": asdict(self.churn) if self.churn else None,
                 }
             )
         if path == "/admin/faults" and method == "POST":
@@ -662,6 +702,10 @@ class Emulator:
                     raise HTTPError(400, "BadRequest", f"unknown fault {key!r}")
                 setattr(self.faults, key, type(getattr(self.faults, key))(value))
             return 200, _encode(asdict(self.faults))
+        if path == "/admin/churn" and method == "POST":
+            args = self._body(body)
+            self.start_churn(float(args["rate"]), args.get("duration"), int(args.get("seed", 7)))
+            return 200, b"{}"
         if path == "/admin/compact" and method == "POST":
             self.store.compact()
             return 200, b"{}"
@@ -684,6 +728,20 @@ class Emulator:
 
 Write = Callable[[bytes], Awaitable[None]]
 Producer = Callable[[Write], Awaitable[None]]
+
+
+def _drain(live: trio.MemoryReceiveChannel[Event | None], limit: int) -> list[Event]:
+    """Up to ``limit`` events already queued, without waiting (None markers are skipped: the
+    watcher's ``expired`` flag carries that news)."""
+    out: list[Event] = []
+    while len(out) < limit:
+        try:
+            event = live.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if event is not None:
+            out.append(event)
+    return out
 
 
 class _Drop(Exception):

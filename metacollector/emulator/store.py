@@ -3,11 +3,13 @@
 Imitates the API server over etcd: every write gets the next resourceVersion; watches replay
 history after a resourceVersion and then follow live writes; history is bounded, so an old
 resourceVersion is "Expired" (410). Pure data structure, no I/O.
+
+Stored objects are never mutated after commit: a new version is a shallow copy that shares its
+unchanged subtrees (spec, status, ...) with the old one, so writes need no deep copies.
 """
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -80,11 +82,24 @@ class Event:
     obj: Obj
     data: bytes
     _line: bytes | None = None
+    _partial_line: bytes | None = None
 
     def line(self) -> bytes:
+        """The watch line, encoded once and shared by every watcher."""
         if self._line is None:
             self._line = b'{"type":"' + self.type.encode() + b'","object":' + self.data + b"}\n"
         return self._line
+
+    def partial_line(self) -> bytes:
+        """The metadata-only (PartialObjectMetadata) watch line, also encoded once."""
+        if self._partial_line is None:
+            obj = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": self.obj["metadata"],
+            }
+            self._partial_line = _encode({"type": self.type, "object": obj}) + b"\n"
+        return self._partial_line
 
 
 @dataclass(eq=False)
@@ -191,7 +206,7 @@ class Store:
         rv = meta.get("resourceVersion")
         if rv and rv != str(old.rv):
             raise Conflict(meta["name"])
-        new = copy.deepcopy(old.obj) if subresource else obj
+        new = {**old.obj, "metadata": dict(old.obj["metadata"])} if subresource else obj
         if subresource == "status":
             new["status"] = obj.get("status", {})
         else:
@@ -210,7 +225,7 @@ class Store:
 
     def delete(self, plural: str, namespace: str, name: str) -> Stored:
         old = self.get(plural, namespace, name)
-        obj = copy.deepcopy(old.obj)
+        obj = {**old.obj, "metadata": dict(old.obj["metadata"])}  # _commit sets its rv
         return self._commit(plural, "DELETED", obj)
 
     def load(self, plural: str, obj: Obj) -> None:
@@ -268,8 +283,9 @@ class Store:
         for plural, objects in self.objects.items():
             for key, stored in list(objects.items()):
                 self.rv += 1
-                stored.obj["metadata"]["resourceVersion"] = str(self.rv)
-                objects[key] = Stored(stored.obj, _encode(stored.obj), self.rv)
+                meta = {**stored.obj["metadata"], "resourceVersion": str(self.rv)}
+                obj = {**stored.obj, "metadata": meta}
+                objects[key] = Stored(obj, _encode(obj), self.rv)
             self._sorted[plural] = None
         self.compacted_rv = self.rv
 

@@ -24,6 +24,7 @@ the whole machine (``cores_machine``) to show other load on the box.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pathlib
@@ -187,9 +188,14 @@ class LeanClient:
 def churn_role(args: argparse.Namespace) -> None:
     """run_churn at ``--rate`` for ``--duration`` s over keep-alive connections; print stats."""
 
+    # This process stamps each change just before writing it and holds the whole cluster's
+    # pods (the driver lists them): a full GC pass here would stall stamped changes and be
+    # counted as latency of what is measured. It runs for seconds: no cyclic GC.
+    gc.disable()
+
     async def churn(client: ChurnClient) -> dict[str, Any]:
         stats = await run_churn(
-            client, args.rate, duration=args.duration, concurrency=args.concurrency
+            client, args.rate, duration=args.duration, concurrency=args.concurrency, seed=args.seed
         )
         return {"done": stats.done, "failed": stats.failed}
 
@@ -510,6 +516,7 @@ def main() -> None:
     ap.add_argument("--url", default="")
     ap.add_argument("--token", default="")
     ap.add_argument("--rv", default="")
+    ap.add_argument("--seed", type=int, default=7, help="role churn: the change sequence")
     args = ap.parse_args()
     if args.role == "watch":
         return watch_role(args)

@@ -15,7 +15,6 @@ writes bench/results/scale-<nodes>x<pods>.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import os
@@ -31,7 +30,6 @@ from typing import Any
 import httpx
 import trio
 
-from metacollector.emulator.churn import run_churn
 from metacollector.proto import metadata_pb2 as pb
 
 HERE = pathlib.Path(__file__).parent
@@ -261,6 +259,17 @@ class Workers:
                 p.kill()
 
 
+async def churn_process(
+    url: str, token: str, rate: float, duration: float, seed: int
+) -> dict[str, Any]:
+    """run_churn in its own process over lean keep-alive connections (bench/emulator.py's churn
+    role): the driver stamps changes, so it must not share a CPU-bound process with anything."""
+    command = [PY, str(HERE / "emulator.py"), "--role", "churn", "--url", url, "--token", token]
+    command += ["--rate", str(rate), "--duration", str(duration), "--seed", str(seed)]
+    done = await trio.run_process(command, capture_stdout=True)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
 def split(items: list[str], parts: int) -> list[list[str]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
@@ -375,18 +384,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workers.send({"cmd": "reset_latencies"})
         await reset_stats(url, token)
         before = proc_stats(collector.pid)
-        # This process stamps each change before writing it; it holds the whole cluster (the
-        # churn driver lists every pod), so a full GC pass here would stall stamped changes for
-        # a second and be counted as collector latency. The bench is not under test: no GC.
-        gc.disable()
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        ) as client:
-            churn = await run_churn(client, args.churn_rate, duration=args.duration)
-        gc.enable()
+        churn = await churn_process(url, token, args.churn_rate, args.duration, seed=7)
         after = proc_stats(collector.pid)
         st = await stats(url, token)
-        result["churn_changes"] = sum(churn.done.values())
+        result["churn_changes"] = sum(churn["done"].values())
         result["collector_cpu_cores_during_churn"] = round(
             (after["cpu_s"] - before["cpu_s"]) / args.duration, 3
         )
@@ -430,10 +431,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         naive_startup = st["bytes_by_agent"].get("naive-agent", 0)
         naive_startup_requests = st["requests_by_agent"].get("naive-agent", 0)
         await reset_stats(url, token)
-        async with httpx.AsyncClient(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        ) as client:
-            await run_churn(client, args.churn_rate, duration=args.duration, seed=11)
+        await churn_process(url, token, args.churn_rate, args.duration, seed=11)
         await trio.sleep(2)
         st = await stats(url, token)
         scale = args.subscribers / agents

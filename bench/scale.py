@@ -34,6 +34,7 @@ from metacollector.proto import metadata_pb2 as pb
 
 HERE = pathlib.Path(__file__).parent
 PY = sys.executable
+SEND_LATENCY, GC_PAUSE = "metacollector_send_latency_seconds", "metacollector_gc_pause_seconds"
 FALCO = {"Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicationController"}
 
 
@@ -181,16 +182,28 @@ async def reset_stats(url: str, token: str) -> None:
         await c.post("/admin/reset-stats", json={})
 
 
-async def send_latency_buckets(port: int) -> dict[float, float]:
-    """The collector's own send-latency histogram (change reached the hub -> written)."""
+async def histogram_buckets(port: int, name: str) -> dict[float, float]:
+    """A histogram of the collector's /metrics, cumulative counts by bucket edge (label sets
+    summed): send latency (change reached the hub -> written) and GC pauses."""
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
-    out = {}
+    out: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith("metacollector_send_latency_seconds_bucket"):
+        if line.startswith(f"{name}_bucket"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+            edge = float("inf") if le == "+Inf" else float(le)
+            out[edge] = out.get(edge, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
+
+
+def longest_bucket(before: dict[float, float], after: dict[float, float]) -> str:
+    """The bucket (ms) of the longest observation between two scrapes."""
+    delta = {le: count - before.get(le, 0.0) for le, count in after.items()}
+    total = delta.get(float("inf"), 0.0)
+    if not total:
+        return "none"
+    edge = min(le for le, count in delta.items() if count >= total)
+    return f"<= {edge * 1000:g}" if edge != float("inf") else "> 5000"
 
 
 def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[float, str]:
@@ -380,7 +393,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result["sync_tables_exact"] = f"{sum(got[n] == expected[n] for n in nodes)}/{len(nodes)}"
 
         # --- churn -------------------------------------------------------------------------
-        hist_before = await send_latency_buckets(http_port)
+        hist_before = await histogram_buckets(http_port, SEND_LATENCY)
+        gc_before = await histogram_buckets(http_port, GC_PAUSE)
         workers.send({"cmd": "reset_latencies"})
         await reset_stats(url, token)
         before = proc_stats(collector.pid)
@@ -400,7 +414,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99) - 1], 1)
             result["latency_ms_max"] = round(latencies[-1], 1)
             result["latency_samples"] = len(latencies)
-        quantiles = bucket_quantiles(hist_before, await send_latency_buckets(http_port))
+        quantiles = bucket_quantiles(hist_before, await histogram_buckets(http_port, SEND_LATENCY))
+        gc_after = await histogram_buckets(http_port, GC_PAUSE)
+        result["collector_gc_pauses_during_churn"] = gc_after.get(float("inf"), 0.0) - (
+            gc_before.get(float("inf"), 0.0)
+        )
+        result["collector_gc_longest_pause_ms"] = longest_bucket(gc_before, gc_after)
         result["collector_send_latency_ms_p50"] = quantiles[0.5]
         result["collector_send_latency_ms_p99"] = quantiles[0.99]
         result["rss_after_churn_mb"] = round(proc_stats(collector.pid)["rss_mb"], 1)

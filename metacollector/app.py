@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 import trio
 
+from metacollector import metrics
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
-from metacollector.gcpolicy import freeze_heap
+from metacollector.gcpolicy import freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
 from metacollector.grpc.watch import WatchService
@@ -171,6 +172,8 @@ async def _main(settings: Settings) -> None:
 def run_app(settings: Settings) -> int:
     """`metacollector run`: exit 0 on a signal, 1 with one line on a startup error."""
     configure_logging(settings.log_level, settings.log_format)
+    pauses = [metrics.GC_PAUSE.labels(str(generation)) for generation in range(3)]
+    observe_pauses(lambda generation, seconds: pauses[generation].observe(seconds))
     try:
         trio.run(_main, settings)
     except KeyboardInterrupt:

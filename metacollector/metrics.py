@@ -79,6 +79,13 @@ SEND_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "metacollector_gc_pause_seconds",
+    "Pauses of the cyclic garbage collector (every subscriber waits them out), by generation.",
+    ["generation"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
 GRPC_CONNECTIONS = Gauge(
     "metacollector_grpc_connections",
     "Open gRPC (HTTP/2) connections.",

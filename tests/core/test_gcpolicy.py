@@ -1,0 +1,32 @@
+"""The GC policy: the synced heap is frozen out of collections, and every pause is observed."""
+
+from __future__ import annotations
+
+import gc
+
+from metacollector.gcpolicy import freeze_heap, observe_pauses
+
+
+def test_freeze_heap_exempts_what_exists_and_makes_full_collections_rarer() -> None:
+    threshold = gc.get_threshold()
+    held = [{"pod": i} for i in range(1000)]
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() >= len(held)
+        assert gc.get_threshold()[2] == 100
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_every_collection_is_observed_with_its_generation() -> None:
+    seen: list[tuple[int, float]] = []
+    observe_pauses(lambda generation, seconds: seen.append((generation, seconds)))
+    callback = gc.callbacks[-1]
+    try:
+        gc.collect(1)
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert [generation for generation, _ in seen][-2:] == [1, 2]
+    assert all(seconds >= 0 for _, seconds in seen)

@@ -182,14 +182,14 @@ async def reset_stats(url: str, token: str) -> None:
         await c.post("/admin/reset-stats", json={})
 
 
-async def histogram_buckets(port: int, name: str) -> dict[float, float]:
+async def histogram_buckets(port: int, name: str, labels: str = "") -> dict[float, float]:
     """A histogram of the collector's /metrics, cumulative counts by bucket edge (label sets
-    summed): send latency (change reached the hub -> written) and GC pauses."""
+    containing ``labels`` summed): send latency (change reached the hub -> written), GC pauses."""
     async with httpx.AsyncClient() as c:
         text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
     out: dict[float, float] = {}
     for line in text.splitlines():
-        if line.startswith(f"{name}_bucket"):
+        if line.startswith(f"{name}_bucket") and labels in line:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             edge = float("inf") if le == "+Inf" else float(le)
             out[edge] = out.get(edge, 0.0) + float(line.rsplit(" ", 1)[1])
@@ -395,6 +395,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # --- churn -------------------------------------------------------------------------
         hist_before = await histogram_buckets(http_port, SEND_LATENCY)
         gc_before = await histogram_buckets(http_port, GC_PAUSE)
+        full_gc_before = await histogram_buckets(http_port, GC_PAUSE, 'generation="2"')
         workers.send({"cmd": "reset_latencies"})
         await reset_stats(url, token)
         before = proc_stats(collector.pid)
@@ -420,6 +421,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gc_before.get(float("inf"), 0.0)
         )
         result["collector_gc_longest_pause_ms"] = longest_bucket(gc_before, gc_after)
+        full_gc = await histogram_buckets(http_port, GC_PAUSE, 'generation="2"')
+        result["collector_full_gc_during_churn"] = full_gc.get(float("inf"), 0.0) - (
+            full_gc_before.get(float("inf"), 0.0)
+        )
         result["collector_send_latency_ms_p50"] = quantiles[0.5]
         result["collector_send_latency_ms_p99"] = quantiles[0.99]
         result["rss_after_churn_mb"] = round(proc_stats(collector.pid)["rss_mb"], 1)

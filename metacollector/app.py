@@ -172,8 +172,7 @@ async def _main(settings: Settings) -> None:
 def run_app(settings: Settings) -> int:
     """`metacollector run`: exit 0 on a signal, 1 with one line on a startup error."""
     configure_logging(settings.log_level, settings.log_format)
-    pauses = [metrics.GC_PAUSE.labels(str(generation)) for generation in range(3)]
-    observe_pauses(lambda generation, seconds: pauses[generation].observe(seconds))
+    observe_pauses(_gc_paused)
     try:
         trio.run(_main, settings)
     except KeyboardInterrupt:
@@ -185,6 +184,18 @@ def run_app(settings: Settings) -> int:
         print(f"metacollector: error: {startup}", file=sys.stderr)
         return 1
     return 0
+
+
+_gc_pauses = [metrics.GC_PAUSE.labels(str(generation)) for generation in range(3)]
+
+
+def _gc_paused(generation: int, seconds: float, cpu_seconds: float) -> None:
+    _gc_pauses[generation].observe(seconds)
+    if seconds >= 0.05:
+        log.warning(
+            "long gc pause",
+            extra={"generation": generation, "seconds": seconds, "cpu_seconds": cpu_seconds},
+        )
 
 
 STARTUP_ERRORS = (

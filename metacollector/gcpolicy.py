@@ -32,15 +32,17 @@ def freeze_heap() -> None:
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
-def observe_pauses(observe: Callable[[int, float], None]) -> None:
-    """Call ``observe(generation, seconds)`` after every collection."""
-    started = 0.0
+def observe_pauses(observe: Callable[[int, float, float], None]) -> None:
+    """Call ``observe(generation, seconds, cpu_seconds)`` after every collection (wall time,
+    and the CPU time of it: the difference is time the process was not running)."""
+    started = cpu_started = 0.0
 
     def callback(phase: str, info: dict[str, int]) -> None:
-        nonlocal started
+        nonlocal started, cpu_started
         if phase == "start":
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.thread_time()
         else:
-            observe(info["generation"], time.perf_counter() - started)
+            wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+            observe(info["generation"], wall, cpu)
 
     gc.callbacks.append(callback)

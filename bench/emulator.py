@@ -336,12 +336,20 @@ def current_rv(client: httpx.Client) -> str:
     return str(r.json()["metadata"]["resourceVersion"])
 
 
-def rest_churn(
-    args: argparse.Namespace, url: str, token: str, client: httpx.Client, cpu: CpuSampler
-) -> dict[str, Any]:
+def start_mode(
+    url: str, token: str, client: httpx.Client, cpu: CpuSampler
+) -> tuple[int, subprocess.Popen[str]]:
+    """The resourceVersion before a mode, and its watch consumer (its CPU sampled)."""
     rv0 = int(current_rv(client))
     watcher = start_watch(url, token, str(rv0))
     cpu.pids["watch"] = watcher.pid
+    return rv0, watcher
+
+
+def rest_churn(
+    args: argparse.Namespace, url: str, token: str, client: httpx.Client, cpu: CpuSampler
+) -> dict[str, Any]:
+    rv0, watcher = start_mode(url, token, client, cpu)
     churn = subprocess.Popen(
         [
             sys.executable,
@@ -384,9 +392,7 @@ def per_change(cores: dict[str, float], rate: float) -> dict[str, float]:
 def store_churn(
     args: argparse.Namespace, url: str, token: str, client: httpx.Client, cpu: CpuSampler
 ) -> dict[str, Any]:
-    rv0 = int(current_rv(client))
-    watcher = start_watch(url, token, str(rv0))
-    cpu.pids["watch"] = watcher.pid
+    rv0, watcher = start_mode(url, token, client, cpu)
     cpu.pids.pop("churn", None)
     # another seed than the REST driver's, or both would make the same pod names
     body = {"rate": args.rate, "duration": args.duration, "seed": 8}

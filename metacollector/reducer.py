@@ -94,31 +94,31 @@ class Reducer:
         meta = new.metadata
         node = new.spec.nodeName
         body = None
-        if (
-            old_entry is not None
-            and old is not None  # (implied; for the type checker)
-            and old.metadata.labels == meta.labels
+        # The namespace/owner part of the refs is the entry's (kept current by the reducer)
+        # unless the pod's namespace or ownerReferences changed.
+        same_owners = (
+            old_entry
+            if old is not None
             and old.metadata.ownerReferences == meta.ownerReferences
             and old.metadata.namespace == meta.namespace
-        ):
+            else None
+        )
+        if same_owners is not None and old is not None and old.metadata.labels == meta.labels:
             # Refs depend on labels and owners only (and on other objects, whose changes
             # refresh them): a move or an IP change keeps them.
-            refs, related, owner_uid = old_entry.refs, old_entry.related, old_entry.owner_uid
-            encoded_refs = old_entry.encoded_refs
+            refs, related, owner_uid = (
+                same_owners.refs,
+                same_owners.related,
+                same_owners.owner_uid,
+            )
+            encoded_refs = same_owners.encoded_refs
             if (
                 old.status == new.status
                 and old.metadata.name == meta.name
                 and old.metadata.generateName == meta.generateName
             ):
-                body = old_entry.body  # a move: the rendered event has no node in it
+                body = same_owners.body  # a move: the rendered event has no node in it
         else:
-            same_owners = (
-                old_entry
-                if old is not None
-                and old.metadata.ownerReferences == meta.ownerReferences
-                and old.metadata.namespace == meta.namespace
-                else None
-            )
             refs, related = st.pod_refs(new, same_owners)
             owner = meta.controller()
             owner_uid = owner.uid if owner is not None else ""

@@ -118,13 +118,9 @@ class Subscriptions:
         """Mark each touched key in the mailboxes of its node's subscribers that want its kind."""
         by_node = self.by_node
         for node, key in touched:
-            mailboxes = by_node.get(node)
-            if mailboxes:
-                for mailbox in mailboxes:
-                    if key[0] in mailbox.kinds and key not in mailbox.dirty:
-                        mailbox.dirty[key] = now
-                        if mailbox.on_ready is not None:
-                            mailbox.on_ready()
+            for mailbox in by_node.get(node, ()):
+                if key[0] in mailbox.kinds:
+                    mailbox.mark(key, now)
 
     def depth(self) -> int:
         """Keys waiting to be looked at, summed over every subscriber."""

@@ -103,23 +103,31 @@ class Reducer:
             and old.metadata.namespace == meta.namespace
             else None
         )
-        if same_owners is not None and old is not None and old.metadata.labels == meta.labels:
-            # Refs depend on labels and owners only (and on other objects, whose changes
-            # refresh them): a move or an IP change keeps them.
-            refs, related, owner_uid = (
-                same_owners.refs,
-                same_owners.related,
-                same_owners.owner_uid,
-            )
-            encoded_refs = same_owners.encoded_refs
+        same_labels = (
+            same_owners is not None and old is not None and old.metadata.labels == meta.labels
+        )
+        # Services change only through Service changes (which refresh the pods they select),
+        # so while the labels stand, so do the selecting Services.
+        services = (
+            same_owners.services
+            if same_owners is not None and same_labels
+            else st.matching_services(new)
+        )
+        if same_owners is not None and services == same_owners.services:
+            # Refs depend on the owners and the selecting Services only (and on other objects,
+            # whose changes refresh them): a move, an IP change or most relabels keep them.
+            refs, related = same_owners.refs, same_owners.related
+            owner_uid, encoded_refs = same_owners.owner_uid, same_owners.encoded_refs
             if (
-                old.status == new.status
+                same_labels
+                and old is not None
+                and old.status == new.status
                 and old.metadata.name == meta.name
                 and old.metadata.generateName == meta.generateName
             ):
                 body = same_owners.body  # a move: the rendered event has no node in it
         else:
-            refs, related = st.pod_refs(new, same_owners)
+            refs, related = st.pod_refs(new, services, same_owners)
             owner = meta.controller()
             owner_uid = owner.uid if owner is not None else ""
             if old_entry is not None and old_entry.refs == refs:
@@ -127,7 +135,7 @@ class Reducer:
             else:
                 encoded_refs = render_refs(refs)
         entry = PodEntry(
-            key, new, node, meta.namespace, owner_uid, refs, related, encoded_refs, body
+            key, new, node, meta.namespace, owner_uid, refs, related, services, encoded_refs, body
         )
         st.pods[uid] = entry
         if old_entry is None:
@@ -173,11 +181,17 @@ class Reducer:
         for uid in list(uids):
             entry = st.pods[uid]
             pod = entry.pod
-            refs, related = st.pod_refs(pod)
+            services = st.matching_services(pod)
+            refs, related = st.pod_refs(pod, services)
             if refs == entry.refs and related == entry.related:
                 continue
             st.pods[uid] = msgspec.structs.replace(
-                entry, refs=refs, related=related, encoded_refs=render_refs(refs), body=None
+                entry,
+                refs=refs,
+                related=related,
+                services=services,
+                encoded_refs=render_refs(refs),
+                body=None,
             )
             self._move_refs(entry.node, entry.related, entry.node, related, touched)
             if entry.node:

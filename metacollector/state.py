@@ -34,6 +34,7 @@ class PodEntry(msgspec.Struct, gc=False):
     owner_uid: str
     refs: Refs
     related: tuple[Key, ...]
+    services: tuple[str, ...]  # UIDs of the Services selecting the pod (part of ``refs``)
     encoded_refs: bytes  # ``refs`` as the serialized References message
     body: bytes | None = None  # rendered event body, until the pod's rendering changes
 
@@ -102,20 +103,20 @@ class ClusterState:
         return body
 
     def pod_refs(
-        self, pod: Pod, same_owners: PodEntry | None = None
+        self, pod: Pod, services: tuple[str, ...], same_owners: PodEntry | None = None
     ) -> tuple[Refs, tuple[Key, ...]]:
         """A pod's refs (SPEC section 1) and the non-pod keys they pull into its node's view.
 
-        ``same_owners``: the pod's entry when its namespace and ownerReferences did not change;
-        all but its Services are taken from there (kept current by the reducer).
+        ``services``: ``matching_services(pod)``. ``same_owners``: the pod's entry when its
+        namespace and ownerReferences did not change; all but its Services are taken from there
+        (kept current by the reducer).
         """
         if same_owners is not None:
             refs = {kind: uids for kind, uids in same_owners.refs if kind != "Service"}
             related = [key for key in same_owners.related if key[0] != "Service"]
         else:
             refs, related = self._owner_refs(pod)
-        services = sorted(self.matching_services(pod))
-        refs["Service"] = tuple(services)
+        refs["Service"] = services
         related.extend(("Service", uid) for uid in services)
         return tuple(sorted(refs.items())), tuple(related)
 
@@ -142,11 +143,11 @@ class ClusterState:
                         related.append(("Deployment", grand.uid))
         return refs, related
 
-    def matching_services(self, pod: Pod) -> set[str]:
-        """UIDs of the Services in the pod's namespace that select it."""
+    def matching_services(self, pod: Pod) -> tuple[str, ...]:
+        """UIDs of the Services in the pod's namespace that select it, sorted."""
         labels = pod.metadata.labels
         if not labels:
-            return set()
+            return ()
         namespace = pod.metadata.namespace
         found: set[str] = set()
         services = self.objects["Service"]
@@ -156,7 +157,7 @@ class ClusterState:
                 assert isinstance(svc, Service)
                 if uid not in found and selects(svc, pod):
                     found.add(uid)
-        return found
+        return tuple(sorted(found))
 
 
 def index_label(service: Service) -> tuple[str, str, str] | None:

@@ -41,14 +41,18 @@ class Mailbox:
     kinds: frozenset[str]
     dirty: dict[Key, float] = field(default_factory=dict)  # key -> when first marked
     sent: dict[Key, bytes] = field(default_factory=dict)  # key -> body last sent
-    on_ready: Callable[[], None] | None = None  # wakes the sender (set by the I/O layer)
+    # Wakes the sender (set by the I/O layer) when the mailbox gets its first pending key; a
+    # sender waits only while ``dirty`` is empty.
+    on_ready: Callable[[], None] | None = None
 
     def mark(self, key: Key, now: float) -> bool:
         """Remember that ``key`` may have changed; True when it was not already pending."""
-        if key in self.dirty:
+        dirty = self.dirty
+        if key in dirty:
             return False
-        self.dirty[key] = now
-        if self.on_ready is not None:
+        idle = not dirty
+        dirty[key] = now
+        if idle and self.on_ready is not None:
             self.on_ready()
         return True
 

@@ -50,23 +50,29 @@ _MAP_KEY, _MAP_VALUE, _LIST_ITEM = b"\x0a", b"\x12", b"\x0a"  # map entry key/va
 _KIND_FIELDS: Final = {kind: _field(_KIND, kind.encode()) for kind in KINDS}
 
 
+class _Meta(msgspec.Struct, omit_defaults=True, gc=False):
+    """The ``meta`` JSON object, its fields in sorted order: generateName and labels only when
+    set, namespace only for namespaced kinds. (A Struct encodes in C what a dict would first
+    have to be built for.)"""
+
+    generateName: str = ""
+    labels: dict[str, str] | None = None
+    name: str | msgspec.UnsetType = msgspec.UNSET
+    namespace: str | msgspec.UnsetType = msgspec.UNSET
+    uid: str | msgspec.UnsetType = msgspec.UNSET
+
+
 def render_meta(kind: str, obj: Object) -> bytes:
     """The ``meta`` JSON: generateName, labels (when non-empty), name, namespace, uid; sorted."""
     m = obj.metadata
-    meta: dict[str, object] = {"name": m.name, "uid": m.uid}
-    if m.generateName:
-        meta["generateName"] = m.generateName
-    if m.labels:
-        meta["labels"] = m.labels
-    if kind not in CLUSTER_SCOPED:
-        meta["namespace"] = m.namespace
-    return _json.encode(meta)
+    namespace = msgspec.UNSET if kind in CLUSTER_SCOPED else m.namespace
+    return _json.encode(_Meta(m.generateName, m.labels or None, m.name, namespace, m.uid))
 
 
 def render_status(pod: Pod) -> bytes:
     """The ``status`` JSON of a pod: ``{"podIP":...}`` or ``{}`` before an IP is assigned."""
     ip = pod.status.podIP
-    return _json.encode({"podIP": ip}) if ip else _EMPTY_STATUS
+    return b'{"podIP":' + _json.encode(ip) + b"}" if ip else _EMPTY_STATUS
 
 
 def render_refs(refs: Refs) -> bytes:
@@ -89,12 +95,25 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
     """
     uid = obj.metadata.uid.encode()
     meta = render_meta(kind, obj)
-    parts = [_UID, _varint(len(uid)), uid] if uid else []
-    parts += (_KIND_FIELDS[kind], _META, _varint(len(meta)), meta)
-    if isinstance(obj, Pod):
-        status, refs = render_status(obj), encoded_refs or b""
-        parts += (_STATUS, _varint(len(status)), status, _REFS, _varint(len(refs)), refs)
-    return b"".join(parts)
+    head = _UID + _varint(len(uid)) + uid if uid else b""
+    if not isinstance(obj, Pod):
+        return b"".join((head, _KIND_FIELDS[kind], _META, _varint(len(meta)), meta))
+    status, refs = render_status(obj), encoded_refs or b""
+    return b"".join(
+        (
+            head,
+            _KIND_FIELDS[kind],
+            _META,
+            _varint(len(meta)),
+            meta,
+            _STATUS,
+            _varint(len(status)),
+            status,
+            _REFS,
+            _varint(len(refs)),
+            refs,
+        )
+    )
 
 
 CREATE_PREFIX: Final = _field(_REASON, b"Create")

@@ -7,6 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metacollector.model import Metadata, ObjectMeta, Pod, PodStatus
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.render import (
     CREATE_PREFIX,
@@ -139,3 +140,37 @@ def test_hand_encoding_equals_upb_deterministic_serialization(
     assert delete_message(kind, uid) == (
         pb.Event(reason="Delete", uid=uid, kind=kind).SerializeToString(deterministic=True)
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["Pod", "Namespace", "Service", "ReplicaSet"]),
+    name=_text,
+    generate_name=_text,
+    uid=_text,
+    labels=st.one_of(st.none(), st.dictionaries(_text, _text, max_size=4)),
+    ip=_text,
+)
+def test_meta_and_status_equal_stdlib_json_for_any_strings(
+    kind: str, name: str, generate_name: str, uid: str, labels: dict[str, str] | None, ip: str
+) -> None:
+    """meta/status are compact sorted JSON as the standard library writes it (SPEC section 1):
+    empty generateName and labels left out, namespace only for namespaced kinds."""
+    meta = ObjectMeta(
+        name=name, namespace="shop", uid=uid, generateName=generate_name, labels=labels
+    )
+    obj = Pod(meta, status=PodStatus(ip)) if kind == "Pod" else Metadata(meta)
+    doc: dict[str, object] = {"name": name, "uid": uid}
+    if generate_name:
+        doc["generateName"] = generate_name
+    if labels:
+        doc["labels"] = labels
+    if kind != "Namespace":
+        doc["namespace"] = "shop"
+    assert render_meta(kind, obj) == _stdlib_json(doc)
+    if isinstance(obj, Pod):
+        assert render_status(obj) == _stdlib_json({"podIP": ip} if ip else {})
+
+
+def _stdlib_json(doc: dict[str, object]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -78,83 +78,84 @@ class Reducer:
     def _apply_pod(self, change_type: ChangeType, new: Object) -> Touched:
         """Pods live in ``state.pods`` only (one lookup per change: the state is far larger
         than the CPU caches, so each lookup of a cold object costs more than the Python)."""
-        st = self.state
         uid = new.metadata.uid
-        old_entry = st.pods.get(uid)
+        entry = self.state.pods.get(uid)
         if change_type == "DELETED":
-            return self._delete_pod(uid, old_entry) if old_entry is not None else []
+            return self._delete_pod(uid, entry) if entry is not None else []
         assert isinstance(new, Pod)
-        if old_entry is not None and same_content(old_entry.pod, new):
-            old_entry.pod = new  # keep the newest resourceVersion
-            return []
+        if entry is None:
+            return self._add_pod(uid, new)
+        return self._update_pod(uid, entry, new)
+
+    def _add_pod(self, uid: str, pod: Pod) -> Touched:
+        st = self.state
+        meta, node = pod.metadata, pod.spec.nodeName
+        services = st.matching_services(pod)
+        refs, related = st.pod_refs(pod, services)
+        owner = meta.controller()
+        owner_uid = owner.uid if owner is not None else ""
+        key: Key = ("Pod", uid)
+        st.pods[uid] = PodEntry(
+            key, pod, node, meta.namespace, owner_uid, refs, related, services, render_refs(refs)
+        )
+        _add(st.pods_by_node, node, uid)
+        _add(st.pods_by_namespace, meta.namespace, uid)
+        _add(st.pods_by_owner, owner_uid, uid)
         touched: Touched = []
-        old = old_entry.pod if old_entry is not None else None
-        key: Key = old_entry.key if old_entry is not None else ("Pod", uid)
-        old_node = old_entry.node if old_entry is not None else ""
-        meta = new.metadata
-        node = new.spec.nodeName
-        body = None
+        self._move_refs("", (), node, related, touched)
+        if node:
+            touched.append((node, key))
+        self._record("Pod", None, pod)
+        return touched
+
+    def _update_pod(self, uid: str, entry: PodEntry, new: Pod) -> Touched:
+        """Each field is compared once; what a change cannot alter is reused from ``entry``."""
+        st = self.state
+        old = entry.pod
+        a, b = old.metadata, new.metadata
+        node, old_node = new.spec.nodeName, entry.node
         # The namespace/owner part of the refs is the entry's (kept current by the reducer)
         # unless the pod's namespace or ownerReferences changed.
-        same_owners = (
-            old_entry
-            if old is not None
-            and old.metadata.ownerReferences == meta.ownerReferences
-            and old.metadata.namespace == meta.namespace
-            else None
+        same_owners = a.ownerReferences == b.ownerReferences and a.namespace == b.namespace
+        same_labels = a.labels == b.labels
+        # What the rendered event depends on besides labels and refs (it has no node in it).
+        same_rest = (
+            old.status == new.status and a.name == b.name and a.generateName == b.generateName
         )
-        same_labels = (
-            same_owners is not None and old is not None and old.metadata.labels == meta.labels
-        )
+        if same_owners and same_labels and same_rest and node == old_node:
+            entry.pod = new  # nothing we use changed; keep the newest resourceVersion
+            return []
         # Services change only through Service changes (which refresh the pods they select),
         # so while the labels stand, so do the selecting Services.
-        services = (
-            same_owners.services
-            if same_owners is not None and same_labels
-            else st.matching_services(new)
-        )
-        if same_owners is not None and services == same_owners.services:
+        services = entry.services if same_owners and same_labels else st.matching_services(new)
+        if same_owners and services == entry.services:
             # Refs depend on the owners and the selecting Services only (and on other objects,
             # whose changes refresh them): a move, an IP change or most relabels keep them.
-            refs, related = same_owners.refs, same_owners.related
-            owner_uid, encoded_refs = same_owners.owner_uid, same_owners.encoded_refs
-            if (
-                same_labels
-                and old is not None
-                and old.status == new.status
-                and old.metadata.name == meta.name
-                and old.metadata.generateName == meta.generateName
-            ):
-                body = same_owners.body  # a move: the rendered event has no node in it
+            refs, related, owner_uid = entry.refs, entry.related, entry.owner_uid
+            encoded_refs = entry.encoded_refs
+            body = entry.body if same_labels and same_rest else None
         else:
-            refs, related = st.pod_refs(new, services, same_owners)
-            owner = meta.controller()
+            refs, related = st.pod_refs(new, services, entry if same_owners else None)
+            owner = b.controller()
             owner_uid = owner.uid if owner is not None else ""
-            if old_entry is not None and old_entry.refs == refs:
-                encoded_refs = old_entry.encoded_refs
-            else:
-                encoded_refs = render_refs(refs)
-        entry = PodEntry(
-            key, new, node, meta.namespace, owner_uid, refs, related, services, encoded_refs, body
+            encoded_refs = entry.encoded_refs if entry.refs == refs else render_refs(refs)
+            body = None
+        key = entry.key
+        st.pods[uid] = PodEntry(
+            key, new, node, b.namespace, owner_uid, refs, related, services, encoded_refs, body
         )
-        st.pods[uid] = entry
-        if old_entry is None:
+        if old_node != node:
+            _discard(st.pods_by_node, old_node, uid)
             _add(st.pods_by_node, node, uid)
-            _add(st.pods_by_namespace, entry.namespace, uid)
+        if entry.namespace != b.namespace:
+            _discard(st.pods_by_namespace, entry.namespace, uid)
+            _add(st.pods_by_namespace, b.namespace, uid)
+        if entry.owner_uid != owner_uid:
+            _discard(st.pods_by_owner, entry.owner_uid, uid)
             _add(st.pods_by_owner, owner_uid, uid)
-            self._move_refs("", (), node, related, touched)
-        else:
-            if old_node != node:
-                _discard(st.pods_by_node, old_node, uid)
-                _add(st.pods_by_node, node, uid)
-            if old_entry.namespace != entry.namespace:
-                _discard(st.pods_by_namespace, old_entry.namespace, uid)
-                _add(st.pods_by_namespace, entry.namespace, uid)
-            if old_entry.owner_uid != owner_uid:
-                _discard(st.pods_by_owner, old_entry.owner_uid, uid)
-                _add(st.pods_by_owner, owner_uid, uid)
-            if old_node != node or old_entry.related != related:
-                self._move_refs(old_node, old_entry.related, node, related, touched)
+        touched: Touched = []
+        if old_node != node or entry.related != related:
+            self._move_refs(old_node, entry.related, node, related, touched)
         if old_node:
             touched.append((old_node, key))
         if node and node != old_node:
@@ -261,9 +262,12 @@ class Reducer:
     def _index_service(self, uid: str, old: Object | None, new: Object | None) -> None:
         index = self.state.services_by_label
         if isinstance(old, Service) and (label := index_label(old)) is not None:
-            _discard(index, label, uid)
+            namespace = old.metadata.namespace
+            _discard(index[namespace], label, uid)
+            if not index[namespace]:
+                del index[namespace]
         if isinstance(new, Service) and (label := index_label(new)) is not None:
-            index.setdefault(label, set()).add(uid)
+            index.setdefault(new.metadata.namespace, {}).setdefault(label, set()).add(uid)
 
     def _record(self, kind: str, old: Object | None, new: Object | None) -> None:
         """Collect the cluster-wide change for the CloudEvents sink, when asked to."""
@@ -299,7 +303,7 @@ def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
 
 
 def _discard(
-    index: dict[str, set[Key]] | dict[str, set[str]] | dict[tuple[str, str, str], set[str]],
+    index: dict[str, set[Key]] | dict[str, set[str]] | dict[tuple[str, str], set[str]],
     key: Any,
     item: object,
 ) -> None:

@@ -32,16 +32,20 @@ def _encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-_VARINTS: Final = tuple(_encode_varint(n) for n in range(1 << 14))
+class _Varints(dict[int, bytes]):
+    """``_varint[n]``: the varint encoding of ``n``, the lengths up to 16383 precomputed (a
+    dict lookup, no Python call: these prefix every field of every event)."""
+
+    def __missing__(self, n: int) -> bytes:
+        return _encode_varint(n)
 
 
-def _varint(n: int) -> bytes:
-    return _VARINTS[n] if n < 16384 else _encode_varint(n)
+_varint: Final = _Varints((n, _encode_varint(n)) for n in range(1 << 14))
 
 
 def _field(tag: bytes, data: bytes) -> bytes:
     """One length-delimited field: tag, length, bytes."""
-    return tag + _varint(len(data)) + data
+    return tag + _varint[len(data)] + data
 
 
 # Tags (field number << 3 | wire type 2) of the Event fields we write.
@@ -95,22 +99,22 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
     """
     uid = obj.metadata.uid.encode()
     meta = render_meta(kind, obj)
-    head = _UID + _varint(len(uid)) + uid if uid else b""
+    head = _UID + _varint[len(uid)] + uid if uid else b""
     if not isinstance(obj, Pod):
-        return b"".join((head, _KIND_FIELDS[kind], _META, _varint(len(meta)), meta))
+        return b"".join((head, _KIND_FIELDS[kind], _META, _varint[len(meta)], meta))
     status, refs = render_status(obj), encoded_refs or b""
     return b"".join(
         (
             head,
             _KIND_FIELDS[kind],
             _META,
-            _varint(len(meta)),
+            _varint[len(meta)],
             meta,
             _STATUS,
-            _varint(len(status)),
+            _varint[len(status)],
             status,
             _REFS,
-            _varint(len(refs)),
+            _varint[len(refs)],
             refs,
         )
     )

@@ -48,9 +48,9 @@ class ClusterState:
     pods_by_node: dict[str, set[str]] = field(default_factory=dict)
     pods_by_namespace: dict[str, set[str]] = field(default_factory=dict)
     pods_by_owner: dict[str, set[str]] = field(default_factory=dict)
-    # Services with a non-empty selector, by (namespace, one label of their selector): a pod
-    # only needs to check the services indexed under its own labels.
-    services_by_label: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)
+    # Services with a non-empty selector, by namespace then one (key, value) of their selector:
+    # a pod only needs to check the services indexed under its own labels.
+    services_by_label: dict[str, dict[tuple[str, str], set[str]]] = field(default_factory=dict)
     namespace_uids: dict[str, str] = field(default_factory=dict)  # name -> uid
     key_nodes: dict[Key, dict[str, int]] = field(default_factory=dict)  # key -> node -> pod count
     node_keys: dict[str, set[Key]] = field(default_factory=dict)  # node -> non-pod keys in view
@@ -146,13 +146,13 @@ class ClusterState:
     def matching_services(self, pod: Pod) -> tuple[str, ...]:
         """UIDs of the Services in the pod's namespace that select it, sorted."""
         labels = pod.metadata.labels
-        if not labels:
+        index = self.services_by_label.get(pod.metadata.namespace)
+        if not labels or index is None:
             return ()
-        namespace = pod.metadata.namespace
         found: set[str] = set()
         services = self.objects["Service"]
         for label in labels.items():
-            for uid in self.services_by_label.get((namespace, *label), ()):
+            for uid in index.get(label, ()):
                 svc = services[uid]
                 assert isinstance(svc, Service)
                 if uid not in found and selects(svc, pod):
@@ -160,12 +160,13 @@ class ClusterState:
         return tuple(sorted(found))
 
 
-def index_label(service: Service) -> tuple[str, str, str] | None:
-    """The (namespace, key, value) a Service is indexed under; None when it selects nothing."""
+def index_label(service: Service) -> tuple[str, str] | None:
+    """The (key, value) a Service is indexed under in its namespace; None when it selects
+    nothing."""
     selector = service.spec.selector
     if not selector:
         return None
-    return (service.metadata.namespace, *min(selector.items()))
+    return min(selector.items())
 
 
 def selects(service: Service, pod: Pod) -> bool:

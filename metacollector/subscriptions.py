@@ -50,17 +50,6 @@ class Mailbox:
     # sender waits only while ``dirty`` is empty.
     on_ready: Callable[[], None] | None = None
 
-    def mark(self, key: Key, now: float) -> bool:
-        """Remember that ``key`` may have changed; True when it was not already pending."""
-        dirty = self.dirty
-        if key in dirty:
-            return False
-        idle = not dirty
-        dirty[key] = now
-        if idle and self.on_ready is not None:
-            self.on_ready()
-        return True
-
     def take(self, state: ClusterState, max_bytes: int) -> list[Sent]:
         """The next events for this subscriber, up to about ``max_bytes`` (at least one).
 
@@ -124,12 +113,18 @@ class Subscriptions:
                 del self.by_node[mailbox.node]
 
     def route(self, touched: Iterable[tuple[str, Key]], now: float) -> None:
-        """Mark each touched key in the mailboxes of its node's subscribers that want its kind."""
+        """Mark each touched key in the mailboxes of its node's subscribers that want its kind,
+        remembering when it was first marked; wake a mailbox's sender on its first key."""
         by_node = self.by_node
         for node, key in touched:
             for mailbox in by_node.get(node, ()):
-                if key[0] in mailbox.kinds:
-                    mailbox.mark(key, now)
+                dirty = mailbox.dirty
+                if key in dirty or key[0] not in mailbox.kinds:
+                    continue
+                idle = not dirty
+                dirty[key] = now
+                if idle and mailbox.on_ready is not None:
+                    mailbox.on_ready()
 
     def depth(self) -> int:
         """Keys waiting to be looked at, summed over every subscriber."""

@@ -9,6 +9,7 @@ a node's view when its last referencing pod there goes (SPEC section 2's deliber
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -218,11 +219,11 @@ class Reducer:
         if not new_node:
             new_related = ()
         if old_node == new_node:
-            removed = [k for k in old_related if k not in new_related]
-            added = [k for k in new_related if k not in old_related]
+            removed: Sequence[Key] = [k for k in old_related if k not in new_related]
+            added: Sequence[Key] = [k for k in new_related if k not in old_related]
         else:
-            removed, added = list(old_related), list(new_related)
-        key_nodes, node_keys = self.state.key_nodes, self.state.node_keys
+            removed, added = old_related, new_related
+        key_nodes = self.state.key_nodes
         for key in removed:
             nodes = key_nodes[key]
             count = nodes[old_node] - 1
@@ -232,7 +233,6 @@ class Reducer:
             del nodes[old_node]
             if not nodes:
                 del key_nodes[key]
-            _discard(node_keys, old_node, key)
             touched.append((old_node, key))
         for key in added:
             counts = key_nodes.get(key)
@@ -241,10 +241,6 @@ class Reducer:
             count = counts.get(new_node, 0)
             counts[new_node] = count + 1
             if not count:
-                keys = node_keys.get(new_node)
-                if keys is None:
-                    keys = node_keys[new_node] = set()
-                keys.add(key)
                 touched.append((new_node, key))
 
     # --- everything else -------------------------------------------------------------------

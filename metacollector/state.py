@@ -1,8 +1,8 @@
 """ClusterState: the objects of the seven kinds and the indexes that answer "what does node N see".
 
 Holds one copy of each object plus, per pod, its computed refs and the non-pod keys it pulls into
-its node's view. ``key_nodes``/``node_keys`` count, per node, how many of its pods reference each
-non-pod key: a key is in ``view(N)`` while that count is positive and the object exists.
+its node's view. ``key_nodes`` counts, per node, how many of its pods reference each non-pod key:
+a key is in ``view(N)`` while that count is positive and the object exists.
 Mutated only by ``metacollector.reducer``; read by mailboxes and renderers.
 """
 
@@ -53,7 +53,6 @@ class ClusterState:
     services_by_label: dict[str, dict[tuple[str, str], set[str]]] = field(default_factory=dict)
     namespace_uids: dict[str, str] = field(default_factory=dict)  # name -> uid
     key_nodes: dict[Key, dict[str, int]] = field(default_factory=dict)  # key -> node -> pod count
-    node_keys: dict[str, set[Key]] = field(default_factory=dict)  # node -> non-pod keys in view
     bodies: dict[Key, bytes] = field(default_factory=dict)  # rendered-event cache (not pods)
 
     # --- queries ---------------------------------------------------------------------------
@@ -72,9 +71,12 @@ class ClusterState:
     def view(self, node: str) -> Iterator[Key]:
         """Every key of ``view(node)`` (SPEC section 2)."""
         pods = self.pods
+        related: dict[Key, None] = {}  # the non-pod keys its pods reference, once each
         for uid in self.pods_by_node.get(node, ()):
-            yield pods[uid].key
-        for key in self.node_keys.get(node, ()):
+            entry = pods[uid]
+            yield entry.key
+            related.update(dict.fromkeys(entry.related))
+        for key in related:
             if key[1] in self.objects[key[0]]:
                 yield key
 

@@ -4,7 +4,8 @@ Builds a synthetic cluster (default 5,000 nodes, 150,000 pods) directly as model
 subscriber per node with Falco's selector, syncs them, then applies a mix of 50% pod relabels,
 20% IP changes, 20% reschedules and 10% delete+recreate, draining the woken mailboxes after
 every batch as the gRPC senders would. Rates are per CPU-second of this process (time the
-scheduler gave to other processes is not counted). Prints a table and writes
+scheduler gave to other processes is not counted). ``--allocator hugepages`` runs it with the
+optional set-up of metacollector/allocator.py. Prints a table and writes
 bench/results/reducer.json.
 
     python bench/reducer.py [--nodes 5000 --pods-per-node 30 --changes 200000]
@@ -15,13 +16,16 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import pathlib
 import random
 import statistics
+import sys
 import time
 
 import msgspec
 
+from metacollector import allocator
 from metacollector.gcpolicy import freeze_heap
 from metacollector.model import (
     Metadata,
@@ -144,7 +148,16 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=100, help="changes between mailbox drains")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--allocator",
+        choices=["python", "hugepages"],
+        default="python",
+        help="python: CPython's pymalloc (as shipped); hugepages: metacollector/allocator.py",
+    )
     args = ap.parse_args()
+    env = allocator.environment(os.environ, args.allocator == "hugepages")
+    if env != os.environ:  # read when the interpreter starts: run again with them (un)set
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     rng = random.Random(1)
     t0 = time.perf_counter()
     reducer, pods = build(args.nodes, args.pods_per_node, rng)
@@ -186,6 +199,7 @@ def main() -> None:
         rates.append(applied / elapsed)
         with_decode.append(applied / (elapsed + decode_s))
     result = {
+        **allocator.describe(),
         "nodes": args.nodes,
         "pods": len(pods),
         "build_s": round(build_s, 2),

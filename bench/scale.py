@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import trio
 
+from metacollector import allocator
 from metacollector.proto import metadata_pb2 as pb
 
 HERE = pathlib.Path(__file__).parent
@@ -327,6 +328,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "churn_rate": args.churn_rate,
         "duration_s": args.duration,
         "machine": f"{os.cpu_count()} cores",
+        "collector_allocator": args.allocator,
     }
     await reset_stats(url, token)
     t0 = time.monotonic()
@@ -348,7 +350,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "warning",
             "--max-connections",
             "100000",
-        ]
+        ],
+        env=allocator.environment(os.environ, args.allocator == "hugepages"),
     )
     workers = naive = None
     try:
@@ -499,6 +502,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4, help="subscriber swarm processes")
     ap.add_argument(
         "--naive-agents", type=int, default=100, help="naive agents actually run (scaled to S)"
+    )
+    ap.add_argument(
+        "--allocator",
+        choices=["python", "hugepages"],
+        default="python",
+        help="collector's allocator: python (as shipped) or hugepages (metacollector/allocator.py)",
     )
     ap.add_argument("--output", default=None)
     args = ap.parse_args()

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from metacollector import metrics
+from metacollector import allocator, metrics
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
 from metacollector.gcpolicy import freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
@@ -93,6 +93,7 @@ async def serve(
 ) -> None:
     """Run the collector until cancelled; ``task_status.started`` once every port listens."""
     cfg = kubeconfig or load_config(settings.kubeconfig, settings.context)
+    log.info("memory allocator", extra=allocator.describe())
     sink_settings = settings_from_env(
         settings.cloudevents_sink,
         settings.cloudevents_source or default_source(cfg),

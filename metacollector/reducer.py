@@ -34,7 +34,16 @@ class Reducer:
     def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
         """Apply one change; return the (node, key) pairs it touched."""
         if kind == "Pod":
-            return self._apply_pod(change_type, obj)
+            # Pods live in ``state.pods`` only: one lookup per change (the state is far larger
+            # than the CPU caches, so each lookup of a cold object costs more than the Python).
+            pod_uid = obj.metadata.uid
+            entry = self.state.pods.get(pod_uid)
+            if change_type == "DELETED":
+                return self._delete_pod(pod_uid, entry) if entry is not None else []
+            assert isinstance(obj, Pod)
+            if entry is None:
+                return self._add_pod(pod_uid, obj)
+            return self._update_pod(pod_uid, entry, obj)
         uid = obj.metadata.uid
         objects = self.state.objects[kind]
         old = objects.get(uid)
@@ -76,18 +85,6 @@ class Reducer:
         return touched
 
     # --- pods ------------------------------------------------------------------------------
-    def _apply_pod(self, change_type: ChangeType, new: Object) -> Touched:
-        """Pods live in ``state.pods`` only (one lookup per change: the state is far larger
-        than the CPU caches, so each lookup of a cold object costs more than the Python)."""
-        uid = new.metadata.uid
-        entry = self.state.pods.get(uid)
-        if change_type == "DELETED":
-            return self._delete_pod(uid, entry) if entry is not None else []
-        assert isinstance(new, Pod)
-        if entry is None:
-            return self._add_pod(uid, new)
-        return self._update_pod(uid, entry, new)
-
     def _add_pod(self, uid: str, pod: Pod) -> Touched:
         st = self.state
         meta, node = pod.metadata, pod.spec.nodeName

@@ -80,7 +80,9 @@ def render_status(pod: Pod) -> bytes:
 
 
 def render_refs(refs: Refs) -> bytes:
-    """The serialized ``References`` message: one map entry per kind, kinds in sorted order."""
+    """The serialized ``References`` message: one map entry per kind, in the order given (the
+    reducer's sorted order, which is upb's deterministic order too: no kind name is a prefix of
+    another)."""
     return b"".join(
         _field(
             _MAP_KEY,

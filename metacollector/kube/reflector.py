@@ -74,7 +74,8 @@ class APIError(Exception):
 
 
 class MalformedLine(Exception):
-    """A watch line that is not a watch event: restart the watch from the last good rv."""
+    """A watch line that is not a watch event, or a list page that is not a list: start again
+    (the watch from the last good rv, the list from its first page) after a backoff."""
 
 
 class NoStreamingList(Exception):
@@ -262,7 +263,10 @@ class Reflector(Generic[T]):
                 items, cont = {}, ""
                 continue
             _check(response, response.content)
-            page = self._page.decode(response.content)
+            try:
+                page = self._page.decode(response.content)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise MalformedLine(f"list page: {exc}") from None
             prepare = self.prepare
             for item in page.items or ():
                 obj = prepare(item) if prepare else item
@@ -352,7 +356,7 @@ class Reflector(Generic[T]):
                     if event.type not in ("ADDED", "MODIFIED", "DELETED"):
                         raise MalformedLine(f"unknown event type {event.type!r}")
                     obj = self._item.decode(event.object)
-                except msgspec.DecodeError as exc:
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     raise MalformedLine(f"{exc}: {line[:200]!r}") from None
                 if self.prepare:
                     obj = self.prepare(obj)

@@ -73,8 +73,14 @@ _bookmark = msgspec.json.Decoder(Bookmark)
 
 
 def decode_event(line: bytes) -> RawEvent:
-    """Split one watch line into its type and raw object (decoded later, by kind)."""
-    return _raw_event.decode(line)
+    """Split one watch line into its type and raw object (decoded later, by kind).
+
+    Raises msgspec.DecodeError for anything that is not one JSON event (msgspec itself raises
+    UnicodeDecodeError for invalid UTF-8 inside a string)."""
+    try:
+        return _raw_event.decode(line)
+    except UnicodeDecodeError as exc:
+        raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
 
 
 def decode_status(raw: msgspec.Raw) -> Status:

@@ -20,7 +20,7 @@ import trio
 
 from metacollector import allocator, metrics
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
-from metacollector.gcpolicy import freeze_heap, observe_pauses
+from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
 from metacollector.grpc.watch import WatchService
@@ -138,6 +138,7 @@ async def serve(
         for reflector in reflectors:
             nursery.start_soon(reflector.run)
         nursery.start_soon(freeze_heap_once_synced, reflectors, receive)
+        nursery.start_soon(collect_young)
         if sink is not None:
             await nursery.start(sink.run)
         grpc_listening = False

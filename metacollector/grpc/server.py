@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -358,8 +359,13 @@ class Connection:
             await self._flush()
 
     async def _keepalive(self) -> None:
+        period = self.limits.keepalive_interval / 4
+        # A random phase: connections opened together (a fleet of sensors starting or
+        # reconnecting) would otherwise wake together every period, and the timer objects of
+        # thousands of sleeping checks, all young at once, made one 50-100 ms GC pause.
+        await trio.sleep(period * random.random())
         while not self.closed:
-            await trio.sleep(self.limits.keepalive_interval / 4)
+            await trio.sleep(period)
             now = trio.current_time()
             if self.ping_outstanding is not None:
                 if now - self.ping_outstanding > self.limits.keepalive_timeout:

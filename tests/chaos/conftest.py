@@ -38,17 +38,27 @@ class Chaos:
             await converged(self.env, w, timeout)
         objects = await self.env.cluster.objects()
         uids = {uid for kind in KINDS for uid in objects[kind]}
-        with trio.fail_after(timeout):
-            while True:
-                live = {u for u, v in self.receiver.final.items() if v != "deleted"}
-                if live == uids:
-                    break
+        expected = {
+            uid: (kind, obj.metadata.name, obj.metadata.labels or None)
+            for kind in KINDS
+            for uid, obj in objects[kind].items()
+        }
+
+        def received() -> dict[str, tuple[str, str, dict[str, str] | None]]:
+            final = self.receiver.final
+            return {
+                u: (d["kind"], d["meta"]["name"], d["meta"].get("labels") or None)
+                for u, d in final.items()
+                if d != "deleted"
+            }
+
+        # The sink delivers asynchronously (and later than the gRPC streams under load): wait
+        # for the last state of every object, not just for every object to be there.
+        with trio.move_on_after(timeout):
+            while received() != expected:
                 await trio.sleep(0.1)
-        for kind in KINDS:
-            for uid, obj in objects[kind].items():
-                data = self.receiver.final[uid]
-                assert data["kind"] == kind and data["meta"]["name"] == obj.metadata.name
-                assert (data["meta"].get("labels") or None) == (obj.metadata.labels or None)
+        assert set(received()) == uids
+        assert received() == expected
         return {
             "subscribers": len(self.watches),
             "objects": len(uids),

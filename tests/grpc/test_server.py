@@ -13,7 +13,7 @@ import trio
 import trustme
 
 from metacollector.grpc.framing import encode_message
-from metacollector.grpc.server import StartupError, server_ssl_context
+from metacollector.grpc.server import ServerLimits, StartupError, server_ssl_context
 from metacollector.proto import metadata_pb2 as pb
 from tests.e2e.grpc_watch import GrpcWatch
 from tests.grpc.conftest import Served, start_server
@@ -268,3 +268,45 @@ async def test_stalled_reader_ended_unavailable_others_flow(nursery: trio.Nurser
     await stream.aclose()
     fast.close()
     s.cancel()
+
+
+# --- keepalive ---------------------------------------------------------------------------------
+
+KEEPALIVE = ServerLimits(keepalive_interval=0.4, keepalive_timeout=0.3, preface_timeout=1.0)
+
+
+async def idle_client(port: int, answer_pings: bool, seconds: float) -> tuple[int, bool]:
+    """Connect, then send nothing but (maybe) PING acks for ``seconds``: how many PINGs came,
+    and whether the server closed the connection."""
+    c = h2_client()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(c.data_to_send())
+        pings, closed = 0, False
+        with trio.move_on_after(seconds):
+            while data := await stream.receive_some(65536):
+                events = responses(c, data)
+                pings += sum(isinstance(e, h2.events.PingReceived) for e in events)
+                ack = c.data_to_send()  # h2 answers PINGs (and SETTINGS) by itself
+                if answer_pings or not any(isinstance(e, h2.events.PingReceived) for e in events):
+                    await stream.send_all(ack)
+            closed = True
+    return pings, closed
+
+
+async def test_keepalive_pings_idle_connections_and_closes_silent_ones(
+    nursery: trio.Nursery,
+) -> None:
+    served = await start_server(nursery, limits=KEEPALIVE)
+    async with trio.open_nursery() as clients:
+        results: dict[str, tuple[int, bool]] = {}
+
+        async def run(name: str, answer: bool) -> None:
+            results[name] = await idle_client(served.port, answer, 3.0)
+
+        clients.start_soon(run, "answers", True)
+        clients.start_soon(run, "silent", False)
+    pings, closed = results["answers"]
+    assert pings >= 2 and not closed  # pinged while idle, kept while it answers
+    pings, closed = results["silent"]
+    assert pings == 1 and closed  # one PING unanswered for keepalive_timeout: closed

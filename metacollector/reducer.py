@@ -255,10 +255,10 @@ class Reducer:
     def _index_service(self, uid: str, old: Object | None, new: Object | None) -> None:
         index = self.state.services_by_label
         if isinstance(old, Service) and (label := index_label(old)) is not None:
-            namespace = old.metadata.namespace
-            _discard(index[namespace], label, uid)
-            if not index[namespace]:
-                del index[namespace]
+            in_namespace = index[old.metadata.namespace]
+            _discard(in_namespace, label, uid)
+            if not in_namespace:
+                del index[old.metadata.namespace]
         if isinstance(new, Service) and (label := index_label(new)) is not None:
             index.setdefault(new.metadata.namespace, {}).setdefault(label, set()).add(uid)
 

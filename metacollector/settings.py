@@ -50,6 +50,7 @@ class Settings:
     server_key: str | None = None
     client_ca: str | None = None
     node_binding: NodeBinding = NodeBinding.OFF
+    tls_reload_interval: float = 5.0  # seconds between checks of the TLS files for changes
     cloudevents_sink: str | None = None
     cloudevents_source: str | None = None
     cloudevents_mode: Literal["binary", "structured"] = "binary"

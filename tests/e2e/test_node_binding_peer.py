@@ -12,7 +12,8 @@ from metacollector.binding import NodeBinding, peer_may_watch
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.settings import BindAddress, Settings
-from tests.e2e.conftest import Env, needs_emulator, start_env
+from tests.e2e.conftest import Env, needs_emulator
+from tests.security.env import environment
 
 pytestmark = needs_emulator
 
@@ -69,7 +70,7 @@ async def test_peer_address_binds_a_pod_to_its_node(nursery: trio.Nursery) -> No
         broker_bind=BindAddress("127.0.0.1", 0),
         node_binding=NodeBinding.PEER_ADDRESS,
     )
-    async for env in start_env(nursery, settings, nodes=2, pods_per_node=1):
+    async with environment(nursery, settings, nodes=2, pods_per_node=1) as env:
         await env.ready()
         ns = env.unique("falco")
         await env.cluster.namespace(ns)
@@ -109,7 +110,7 @@ async def test_host_network_pod_carries_the_node_ip(nursery: trio.Nursery) -> No
         broker_bind=BindAddress("127.0.0.1", 0),
         node_binding=NodeBinding.PEER_ADDRESS,
     )
-    async for env in start_env(nursery, settings, nodes=2, pods_per_node=0):
+    async with environment(nursery, settings, nodes=2, pods_per_node=0) as env:
         await env.ready()
         ns = env.unique("hostnet")
         await env.cluster.namespace(ns)

@@ -10,9 +10,10 @@ import trustme
 
 from metacollector import metrics
 from metacollector.settings import BindAddress, Settings
-from tests.e2e.conftest import Env, needs_emulator, start_env
+from tests.e2e.conftest import Env, needs_emulator
 from tests.e2e.grpc_watch import GrpcWatch
 from tests.e2e.scenarios import converged
+from tests.security.env import environment
 from tests.security.secret_volume import SecretVolume
 
 pytestmark = needs_emulator
@@ -59,7 +60,7 @@ async def test_rotation_keeps_streams_and_serves_the_new_certificate(
     )
     ok = metrics.TLS_RELOADS.labels("grpc_server", "ok")
     failed = metrics.TLS_RELOADS.labels("grpc_server", "failed")
-    async for env in start_env(nursery, settings, nodes=2, pods_per_node=2):
+    async with environment(nursery, settings, nodes=2, pods_per_node=2) as env:
         await env.ready()
         streaming = watch(env, old_ca)
         await converged(env, streaming)

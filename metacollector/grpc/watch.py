@@ -44,10 +44,10 @@ class WatchService:
         node = selector.nodeName
         if not node:
             raise GrpcError(Status.INVALID_ARGUMENT, "Selector.nodeName must not be empty")
+        peer = stream.peer[0] if stream.peer else None
         denied = refusal(self.node_binding, self.hub.state, node, stream.peer, stream.peer_cert)
         if denied is not None:
             metrics.LIMIT_HITS.labels("node_binding").inc()
-            peer = stream.peer[0] if stream.peer else None
             log.warning(
                 "watch refused: node binding", extra={"node": node, "peer": peer, "why": denied}
             )
@@ -64,7 +64,7 @@ class WatchService:
         subscriber = next(_subscriber_ids)
         log.info(
             "received watch request",
-            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds)},
+            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds), "peer": peer},
         )
         mailbox = self.hub.subscribe(node, kinds)
         metrics.SUBSCRIBERS.inc()

@@ -1,4 +1,4 @@
-"""Node binding: which node's metadata one gRPC peer may watch (SPEC section 3, issue 19).
+"""Node binding: which node's metadata one gRPC peer may watch (issue 19).
 
 Two modes besides off. ``certificate``: the node must be named in the client certificate (CN or
 DNS SAN); needs mTLS. ``peer-address``: the connection's source address must be the IP of a pod

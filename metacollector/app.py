@@ -35,6 +35,7 @@ from metacollector.kube.resources import RESOURCES
 from metacollector.log import configure_logging
 from metacollector.model import KIND_TYPES, intern_strings
 from metacollector.settings import Settings
+from metacollector.tlsreload import Reloaded
 
 log = logging.getLogger("metacollector")
 
@@ -103,8 +104,12 @@ async def serve(
     hub = Hub(offer=sink.offer if sink is not None else None)
     ssl_context = None
     if settings.server_cert and settings.server_key:
-        ssl_context = server_ssl_context(
-            settings.server_cert, settings.server_key, settings.client_ca
+        cert, key, client_ca = settings.server_cert, settings.server_key, settings.client_ca
+        ssl_context = Reloaded(
+            "grpc_server",
+            [path for path in (cert, key, client_ca) if path],
+            lambda: server_ssl_context(cert, key, client_ca),
+            settings.tls_reload_interval,
         )
     watch = WatchService(
         hub,
@@ -139,6 +144,8 @@ async def serve(
             nursery.start_soon(reflector.run)
         nursery.start_soon(freeze_heap_once_synced, reflectors, receive)
         nursery.start_soon(collect_young)
+        if ssl_context is not None:
+            nursery.start_soon(ssl_context.run)
         if sink is not None:
             await nursery.start(sink.run)
         grpc_listening = False

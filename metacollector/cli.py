@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from metacollector import __version__
+from metacollector.binding import NodeBinding
 from metacollector.settings import BindAddress, Settings, SettingsError
 
 
@@ -27,8 +28,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-client-ca", help="CA bundle: require client certificates (mTLS)")
     p.add_argument(
         "--broker-node-binding",
-        action="store_true",
-        help="with mTLS: a client certificate may only watch the node named in its CN or DNS SAN",
+        nargs="?",
+        const=NodeBinding.CERTIFICATE.value,
+        default=NodeBinding.OFF.value,
+        choices=[mode.value for mode in NodeBinding],
+        help="certificate (the bare flag; needs mTLS): a client certificate may only watch the "
+        "node named in its CN or DNS SAN; peer-address: a connection may only watch the node "
+        "its source IP is a pod of (host-network pods: the node's IP)",
     )
     p.add_argument("--cloudevents-sink", help="CloudEvents sink URL (default: $K_SINK)")
     p.add_argument(
@@ -86,7 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         server_cert=args.broker_server_cert,
         server_key=args.broker_server_key,
         client_ca=args.broker_client_ca,
-        node_binding=args.broker_node_binding,
+        node_binding=NodeBinding(args.broker_node_binding),
         cloudevents_sink=args.cloudevents_sink,
         cloudevents_source=args.cloudevents_source,
         cloudevents_mode=args.cloudevents_mode,

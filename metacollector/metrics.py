@@ -110,6 +110,21 @@ PROTOCOL_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+# --- ours: security (issue 19) ---------------------------------------------------------------
+TLS_RELOADS = Counter(
+    "metacollector_tls_reloads",
+    "TLS files re-read after a change on disk, by what they are for and result (failed: the "
+    "previous certificate is kept).",
+    ["kind", "result"],
+    registry=REGISTRY,
+)
+OBJECTS_REFUSED = Counter(
+    "metacollector_objects_refused",
+    "Objects or watch events refused because a real API server never sends them that way.",
+    ["resource", "reason"],
+    registry=REGISTRY,
+)
+
 # --- ours: CloudEvents ------------------------------------------------------------------------
 CE_SENT = Counter(
     "metacollector_cloudevents_sent", "CloudEvents delivered (2xx).", ["type"], registry=REGISTRY

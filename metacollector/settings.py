@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from metacollector.binding import NodeBinding
+
 
 class SettingsError(ValueError):
     """A flag or environment value is invalid; the message names it."""
@@ -47,7 +49,8 @@ class Settings:
     server_cert: str | None = None
     server_key: str | None = None
     client_ca: str | None = None
-    node_binding: bool = False
+    node_binding: NodeBinding = NodeBinding.OFF
+    tls_reload_interval: float = 5.0  # seconds between checks of the TLS files for changes
     cloudevents_sink: str | None = None
     cloudevents_source: str | None = None
     cloudevents_mode: Literal["binary", "structured"] = "binary"
@@ -66,9 +69,10 @@ class Settings:
             )
         if self.client_ca and not self.server_cert:
             raise SettingsError("--broker-client-ca (mTLS) needs --broker-server-cert/key (TLS)")
-        if self.node_binding and not self.client_ca:
+        if self.node_binding is NodeBinding.CERTIFICATE and not self.client_ca:
             raise SettingsError(
-                "--broker-node-binding needs client certificates (--broker-client-ca)"
+                "--broker-node-binding(=certificate) needs client certificates"
+                " (--broker-client-ca); without mTLS use --broker-node-binding=peer-address"
             )
         for flag, value in (
             ("--metrics-bind-address", self.metrics_bind),

@@ -89,10 +89,12 @@ async def open_watch(
     server_hostname: str | None = None,
     metadata: Mapping[str, str] | None = None,
     window: int = WINDOW,
+    local_address: str | None = None,
 ) -> AsyncIterator[WatchStream]:
     """Open one connection and one Watch stream for ``node``. A small ``window`` (with a slow
-    reader) makes a slow subscriber."""
-    tcp = await trio.open_tcp_stream(host, port)
+    reader) makes a slow subscriber; ``local_address`` binds the source IP (e.g. a 127.0.0.x
+    posing as a pod for peer-address node binding)."""
+    tcp = await trio.open_tcp_stream(host, port, local_address=local_address)
     stream: trio.abc.Stream = tcp
     if ssl_context is not None:
         stream = trio.SSLStream(tcp, ssl_context, server_hostname=server_hostname or host)

@@ -17,6 +17,7 @@ import trio
 from google.protobuf.message import DecodeError
 
 from metacollector import metrics
+from metacollector.binding import NodeBinding, refusal
 from metacollector.grpc.server import ServerStream
 from metacollector.grpc.status import GrpcError, Status
 from metacollector.hub import Hub
@@ -29,21 +30,10 @@ BATCH_BYTES = 16 * 1024  # bounds what each of thousands of syncing subscribers 
 _subscriber_ids = itertools.count(1)
 
 
-def cert_names(peer_cert: dict[str, Any] | None) -> set[str]:
-    """The CN and DNS SANs of a client certificate (as returned by SSLSocket.getpeercert)."""
-    if not peer_cert:
-        return set()
-    names = {
-        value for rdn in peer_cert.get("subject", ()) for key, value in rdn if key == "commonName"
-    }
-    names.update(value for kind, value in peer_cert.get("subjectAltName", ()) if kind == "DNS")
-    return names
-
-
 @dataclass
 class WatchService:
     hub: Hub
-    node_binding: bool = False
+    node_binding: NodeBinding = NodeBinding.OFF
     max_subscribers_per_node: int = 256
 
     async def watch(self, request: bytes, stream: ServerStream) -> None:
@@ -54,12 +44,14 @@ class WatchService:
         node = selector.nodeName
         if not node:
             raise GrpcError(Status.INVALID_ARGUMENT, "Selector.nodeName must not be empty")
-        if self.node_binding and node not in cert_names(stream.peer_cert):
+        peer = stream.peer[0] if stream.peer else None
+        denied = refusal(self.node_binding, self.hub.state, node, stream.peer, stream.peer_cert)
+        if denied is not None:
             metrics.LIMIT_HITS.labels("node_binding").inc()
-            log.warning("watch refused: certificate not bound to node", extra={"node": node})
-            raise GrpcError(
-                Status.PERMISSION_DENIED, f"client certificate may not watch node {node!r}"
+            log.warning(
+                "watch refused: node binding", extra={"node": node, "peer": peer, "why": denied}
             )
+            raise GrpcError(Status.PERMISSION_DENIED, denied)
         subscribers = self.hub.subscriptions.by_node.get(node, ())
         if len(subscribers) >= self.max_subscribers_per_node:
             metrics.LIMIT_HITS.labels("subscribers_per_node").inc()
@@ -72,7 +64,7 @@ class WatchService:
         subscriber = next(_subscriber_ids)
         log.info(
             "received watch request",
-            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds)},
+            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds), "peer": peer},
         )
         mailbox = self.hub.subscribe(node, kinds)
         metrics.SUBSCRIBERS.inc()

@@ -23,6 +23,14 @@ from metacollector import metrics
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.config import KubeConfigError
 from metacollector.kube.resources import Resource
+from metacollector.kube.shapes import (
+    Reason,
+    accepted_kinds,
+    checked_type,
+    plain,
+    refusal,
+    undecodable,
+)
 from metacollector.kube.stream import (
     LineTooLong,
     TruncatedLine,
@@ -30,6 +38,7 @@ from metacollector.kube.stream import (
     decode_bookmark,
     decode_event,
     decode_status,
+    missing,
 )
 
 log = logging.getLogger("metacollector.kube.reflector")
@@ -40,6 +49,10 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 class _Meta(Protocol):
     @property
     def uid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
     @property
     def resourceVersion(self) -> str: ...
 
@@ -165,8 +178,14 @@ class Reflector(Generic[T]):
         self.relisting_since: float | None = None
         self.relists = 0
         self.watch_restarts = 0
-        self._item = msgspec.json.Decoder(item_type)
-        self._page = msgspec.json.Decoder(_page_type(item_type))
+        # Objects are decoded with their kind, checked (kube/shapes.py), then handed on as
+        # ``item_type``; a page that fails as a whole is decoded again item by item.
+        self.item_type = item_type
+        self._kinds = accepted_kinds(resource)
+        checked = checked_type(item_type)
+        self._item = msgspec.json.Decoder(checked)
+        self._page = msgspec.json.Decoder(_page_type(checked))
+        self._raw_page = msgspec.json.Decoder(_page_type(msgspec.Raw))
         self._counters = {
             t: metrics.API_SERVER_EVENTS.labels(self.kind.lower(), "api-server", t.lower())
             for t in ("ADDED", "MODIFIED", "DELETED")
@@ -265,15 +284,50 @@ class Reflector(Generic[T]):
             _check(response, response.content)
             try:
                 page = self._page.decode(response.content)
+                checked = page.items or ()
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                raise MalformedLine(f"list page: {exc}") from None
-            prepare = self.prepare
-            for item in page.items or ():
-                obj = prepare(item) if prepare else item
-                items[obj.metadata.uid] = obj
+                page, checked = self._page_items(response.content, exc)
+            for item in checked:
+                obj = self._accept(item)
+                if obj is not None:
+                    items[obj.metadata.uid] = obj
             cont = page.metadata.continue_
             if not cont:
                 return items, page.metadata.resourceVersion
+
+    def _page_items(self, content: bytes, error: Exception) -> tuple[Any, list[Any]]:
+        """A list page whose items did not all decode: the page, and the items that did (the
+        others refused). A page that is not a list at all is a MalformedLine."""
+        try:
+            page = self._raw_page.decode(content)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise MalformedLine(f"list page: {error}") from None
+        decoded = []
+        for raw in page.items or ():
+            try:
+                decoded.append(self._item.decode(raw))
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                reason = undecodable(bytes(raw))
+                if reason is None:  # corrupt bytes, not a shape: fetch the page again
+                    raise MalformedLine(f"list page: {error}") from None
+                self._refuse(reason, error=str(exc)[:200])
+        return page, decoded
+
+    def _accept(self, checked: Any) -> T | None:
+        """The model object of a decoded, kind-carrying object; None (refused) when it has a
+        shape an API server never sends."""
+        reason = refusal(self.resource, self._kinds, checked.kind, checked)
+        if reason is not None:
+            meta = checked.metadata
+            self._refuse(reason, uid=meta.uid, object_name=meta.name, namespace=meta.namespace)
+            return None
+        obj = plain(self.item_type, checked)
+        return self.prepare(obj) if self.prepare else obj
+
+    def _refuse(self, reason: Reason, **fields: Any) -> None:
+        """Count and report (rate-limited per resource and reason) one refused object."""
+        metrics.OBJECTS_REFUSED.labels(self.resource.plural, reason.value).inc()
+        log.warning("object refused", extra=self._fields(cause=reason.value, **fields))
 
     async def _replace(self, items: dict[str, T], rv: str) -> None:
         """Hand on the difference between the store and a fresh list; adopt the list."""
@@ -340,10 +394,16 @@ class Reflector(Generic[T]):
                     event = decode_event(line)
                     if event.type == "BOOKMARK":
                         rv, annotations = decode_bookmark(event.object)
-                        if pending is not None and annotations.get(INITIAL_EVENTS_END) == "true":
+                        end = pending is not None and annotations.get(INITIAL_EVENTS_END) == "true"
+                        if not rv:
+                            self._refuse(Reason.BOOKMARK_WITHOUT_RV)
+                            if end:  # the list cannot be resumed from nowhere: list again
+                                raise MalformedLine("initial-events-end bookmark without an rv")
+                        elif end:
+                            assert pending is not None
                             await self._replace(pending, rv)
                             pending = None
-                        elif rv:
+                        else:
                             self.rv = rv
                         continue
                     if event.type == "ERROR":
@@ -355,11 +415,22 @@ class Reflector(Generic[T]):
                         )
                     if event.type not in ("ADDED", "MODIFIED", "DELETED"):
                         raise MalformedLine(f"unknown event type {event.type!r}")
-                    obj = self._item.decode(event.object)
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     raise MalformedLine(f"{exc}: {line[:200]!r}") from None
-                if self.prepare:
-                    obj = self.prepare(obj)
+                if missing(event.object):
+                    self._refuse(Reason.NO_OBJECT, type=event.type)
+                    continue
+                try:
+                    checked = self._item.decode(event.object)
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    reason = undecodable(bytes(event.object))
+                    if reason is None:  # corrupt bytes, not a shape: watch again
+                        raise MalformedLine(f"{exc}: {line[:200]!r}") from None
+                    self._refuse(reason, error=str(exc)[:200])
+                    continue
+                obj = self._accept(checked)
+                if obj is None:
+                    continue
                 uid = obj.metadata.uid
                 if pending is not None:  # still inside a streaming list's initial events
                     pending[uid] = obj

@@ -56,7 +56,7 @@ class Status(msgspec.Struct):
 
 class RawEvent(msgspec.Struct):
     type: str
-    object: msgspec.Raw
+    object: msgspec.Raw = msgspec.Raw()  # empty when absent (refused, unless a BOOKMARK's)
 
 
 class Bookmark(msgspec.Struct):
@@ -83,11 +83,16 @@ def decode_event(line: bytes) -> RawEvent:
         raise msgspec.DecodeError(f"invalid UTF-8: {exc}") from None
 
 
+def missing(raw: msgspec.Raw) -> bool:
+    """Whether an event's object is absent or null."""
+    return len(raw) == 0 or bytes(raw).strip() == b"null"
+
+
 def decode_status(raw: msgspec.Raw) -> Status:
     return _status.decode(raw)
 
 
 def decode_bookmark(raw: msgspec.Raw) -> tuple[str, dict[str, str]]:
-    """A BOOKMARK's resourceVersion and annotations."""
-    b = _bookmark.decode(raw)
+    """A BOOKMARK's resourceVersion and annotations (none without an object)."""
+    b = Bookmark() if missing(raw) else _bookmark.decode(raw)
     return b.metadata.resourceVersion, b.metadata.annotations or {}

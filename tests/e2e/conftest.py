@@ -17,6 +17,7 @@ import trio
 import trustme
 
 from metacollector.app import Running, serve
+from metacollector.binding import NodeBinding
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 from metacollector.settings import BindAddress, Settings
@@ -118,7 +119,7 @@ def tls_settings(ca: trustme.CA, tmp: Path, mtls: bool, node_binding: bool = Fal
         server_cert=str(tmp / "server.pem"),
         server_key=str(tmp / "server.key"),
         client_ca=str(tmp / "ca.pem") if mtls else None,
-        node_binding=node_binding,
+        node_binding=NodeBinding.CERTIFICATE if node_binding else NodeBinding.OFF,
     )
 
 

@@ -51,6 +51,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use streaming lists (sendInitialEvents) with fallback to list+watch",
     )
+    p.add_argument(
+        "--departure-window",
+        type=float,
+        default=600.0,
+        help="remember objects that left a node's view this long (s), to send them as Deletes "
+        "to a reconnecting subscriber; keep above Falco's longest reconnect backoff (120 s)",
+    )
+    p.add_argument(
+        "--departure-max-entries",
+        type=int,
+        default=200_000,
+        help="at most this many departures remembered in all (the oldest go first)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +110,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_streams_per_connection=args.max_streams_per_connection,
         max_subscribers_per_node=args.max_subscribers_per_node,
         streaming_list=args.streaming_list,
+        departure_window=args.departure_window,
+        departure_max_entries=args.departure_max_entries,
     )
 
 

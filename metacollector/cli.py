@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from metacollector import __version__
+from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW, PLUGIN_MAX_BACKOFF
 from metacollector.settings import BindAddress, Settings, SettingsError
 
 
@@ -54,14 +55,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--departure-window",
         type=float,
-        default=600.0,
+        default=DEFAULT_WINDOW,
         help="remember objects that left a node's view this long (s), to send them as Deletes "
-        "to a reconnecting subscriber; keep above Falco's longest reconnect backoff (120 s)",
+        "to a reconnecting subscriber; keep above Falco's longest reconnect backoff "
+        f"({PLUGIN_MAX_BACKOFF:.0f} s)",
     )
     p.add_argument(
         "--departure-max-entries",
         type=int,
-        default=200_000,
+        default=DEFAULT_MAX_ENTRIES,
         help="at most this many departures remembered in all (the oldest go first)",
     )
 

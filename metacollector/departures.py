@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
-from metacollector.state import Key
+if TYPE_CHECKING:  # the flags' defaults are read from here; keep this module light to import
+    from metacollector.state import Key
 
 PLUGIN_MAX_BACKOFF: Final = 120.0  # k8smeta's reconnect backoff: 2 s doubling, capped here
 DEFAULT_WINDOW: Final = 600.0
@@ -35,7 +36,7 @@ DEFAULT_MAX_PER_NODE: Final = 4096
 DEFAULT_MAX_ENTRIES: Final = 200_000
 _COMPACT_SLACK: Final = 1024  # stale records tolerated beyond the live count before compacting
 
-Record = tuple[float, str, Key]  # (departed at, node, key), one tuple shared by both indexes
+Record = tuple[float, str, "Key"]  # (departed at, node, key), one tuple shared by both indexes
 
 
 class Evicted(NamedTuple):

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW
+
 
 class SettingsError(ValueError):
     """A flag or environment value is invalid; the message names it."""
@@ -59,8 +61,8 @@ class Settings:
     max_subscribers_per_node: int = 256
     streaming_list: bool = False
     # departure log (issue 15): how long and how many view departures are remembered
-    departure_window: float = 600.0
-    departure_max_entries: int = 200_000
+    departure_window: float = DEFAULT_WINDOW
+    departure_max_entries: int = DEFAULT_MAX_ENTRIES
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):

@@ -254,3 +254,23 @@ def test_tables_kept_across_reconnects_converge(
         t.mailbox = c.subs.subscribe(t.node, t.kinds, c.now)
         t.drain(c)
         assert t.table == t.expected(c)
+
+
+def test_flags_reach_settings_and_defaults_are_the_logs() -> None:
+    from metacollector.cli import build_parser, settings_from_args
+    from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW, PLUGIN_MAX_BACKOFF
+    from metacollector.settings import SettingsError
+
+    parse = build_parser().parse_args
+    default = settings_from_args(parse(["run"]))
+    assert (default.departure_window, default.departure_max_entries) == (
+        DEFAULT_WINDOW,
+        DEFAULT_MAX_ENTRIES,
+    )
+    assert DEFAULT_WINDOW > PLUGIN_MAX_BACKOFF
+    given_ = settings_from_args(
+        parse(["run", "--departure-window", "900", "--departure-max-entries", "10"])
+    )
+    assert (given_.departure_window, given_.departure_max_entries) == (900.0, 10)
+    with pytest.raises(SettingsError, match="--departure-window"):
+        settings_from_args(parse(["run", "--departure-window", "0"]))

@@ -47,7 +47,9 @@ class K8smetaClient:
         delay = self.backoff
         selector = pb.Selector(nodeName=self.node, resourceKinds={k: "" for k in self.kinds})
         while not self._stop.is_set():
-            with grpc.insecure_channel(self.target) as channel:
+            # its own connection, as each node's plugin has (grpcio shares them by default)
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(self.target, options=options) as channel:
                 watch = channel.unary_stream(
                     "/metadata.Metadata/Watch",
                     request_serializer=pb.Selector.SerializeToString,

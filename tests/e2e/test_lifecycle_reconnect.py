@@ -2,11 +2,12 @@
 exactly as Falco's k8smeta plugin does, against real collector processes behind a TCP proxy:
 
 1. the connection is cut and the address refused while pods are deleted, created, relabelled
-   and a Service selector changes; then the same collector again;
+   and a Service selector changes (on one hand-built node, plus random churn over a generated
+   cluster's nodes); then the same collector again;
 2. replica A is killed with SIGKILL, the same changes happen, then replica B (running all along
    against the same API server) answers behind the same address.
 
-After each, the kept table equals view(node) from a fresh list, byte for byte; what it held
+After each, every kept table equals view(node) from a fresh list, byte for byte; what it held
 stale before reconnecting was erased by the departure log's Deletes (counted by the client and
 by the collector's metric).
 """
@@ -26,6 +27,7 @@ import httpx
 import pytest
 import trio
 
+from metacollector.emulator.churn import run_churn
 from metacollector.subscriptions import selected_kinds
 from tests.e2e.cluster import Cluster, workload
 from tests.e2e.conftest import REAL_KUBECONFIG
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 NS, NODE, OTHER = "lifecycle", "node-a", "node-b"
+GENERATED_NODES = ("node-0", "node-1", "node-2")  # the emulator's generated cluster, churned
 
 
 # --- a TCP proxy the test can cut, refuse and point elsewhere ------------------------------------
@@ -208,29 +211,47 @@ class Lifecycle:
         await c.pod(NS, "legacy-1", NODE, {"app": "rc"}, rc)
 
     async def change(self) -> set[str]:
-        """Delete, create, relabel, change a selector; return what left NODE's view."""
+        """Delete, create, relabel, change a selector; churn the generated nodes; return what
+        left NODE's view."""
         c = self.cluster
         await c.delete("Pod", NS, "web-0")  # takes its ReplicaSet, Deployment, Service along
         await c.pod(NS, "new-1", NODE, {"app": "new"})
         await c.patch("Pod", NS, "solo", {"metadata": {"labels": {"app": "moved"}}})
         await c.patch("Service", NS, "legacy", {"spec": {"selector": {"app": "nothing"}}})
+        churn = await run_churn(c.client, 40, duration=1.5)
+        assert sum(churn.done.values()) >= 30, churn  # the churn happened
         o = self.uids
         return {o[k] for k in ("web0", "rs", "deploy", "svc_web", "svc_solo", "svc_legacy")}
 
-    async def expected(self) -> dict[str, bytes]:
-        view = await self.cluster.expected_view(NODE, selected_kinds(FALCO_KINDS))
+    def plugins(self, target: str) -> list[K8smetaClient]:
+        return [K8smetaClient(target, node).start() for node in (NODE, *GENERATED_NODES)]
+
+    async def expected(self, node: str) -> dict[str, bytes]:
+        view = await self.cluster.expected_view(node, selected_kinds(FALCO_KINDS))
         return {uid: ev.SerializeToString(deterministic=True) for uid, ev in view.items()}
 
-    async def converged(self, client: K8smetaClient, timeout: float = 20) -> None:
-        expected = await self.expected()
-        with trio.move_on_after(timeout):
-            while client.snapshot() != expected:
-                await trio.sleep(0.05)
-        got = client.snapshot()
-        assert set(got) == set(expected), (
-            f"extra {set(got) - set(expected)}, missing {set(expected) - set(got)}"
+    async def converged(self, clients: list[K8smetaClient], timeout: float = 20) -> None:
+        """Every kept table equals view(node) from a fresh list, byte for byte."""
+        for client in clients:
+            expected = await self.expected(client.node)
+            with trio.move_on_after(timeout):
+                while client.snapshot() != expected:
+                    await trio.sleep(0.05)
+            got = client.snapshot()
+            assert set(got) == set(expected), (
+                f"{client.node}: extra {set(got) - set(expected)}, "
+                f"missing {set(expected) - set(got)}"
+            )
+            assert got == expected, client.node
+
+    def report(self, case: str, clients: list[K8smetaClient], deletes: float) -> None:
+        """One line per case (``pytest -s``): streams, refused or cut, Deletes received."""
+        rows = [
+            c.count(lambda c: (c.node, c.streams, len(c.failures), len(c.deletes))) for c in clients
+        ]
+        print(
+            f"\n{case}: (node, streams, failures, Deletes) {rows}; departure Deletes {deletes:.0f}"
         )
-        assert got == expected
 
     async def control(self, replica: Replica) -> None:
         """A fresh subscriber straight to ``replica`` converges: it has seen every change."""
@@ -252,7 +273,10 @@ def _owner(obj: dict[str, Any]) -> dict[str, Any]:
 async def lifecycle(tmp_path: Path) -> AsyncIterator[Lifecycle]:
     from metacollector.emulator.harness import running_emulator
 
-    async with running_emulator(bookmark_interval=0.5) as emu, emu.client() as client:
+    async with (
+        running_emulator(nodes=len(GENERATED_NODES), pods_per_node=6, bookmark_interval=0.5) as emu,
+        emu.client() as client,
+    ):
         lc = Lifecycle(Cluster(client), emu.kubeconfig, tmp_path)
         await lc.build()
         try:
@@ -270,25 +294,29 @@ async def test_cut_and_refused_then_the_same_collector(
     await a.ready()
     proxy = Proxy(a.grpc)
     await proxy.start(nursery)
-    plugin = K8smetaClient(f"127.0.0.1:{proxy.port}", NODE).start()
+    plugins = lc.plugins(f"127.0.0.1:{proxy.port}")
+    plugin = plugins[0]  # NODE's
     try:
-        await lc.converged(plugin)
+        await lc.converged(plugins)
         accepted = proxy.accepted
         await proxy.refuse()
-        # the fault fired: the live stream was cut, and a reconnect was refused (not accepted)
-        await plugin.wait_for(lambda p: len(p.failures) >= 2, 10)
-        assert proxy.cut >= 1 and proxy.accepted == accepted
+        # the fault fired: the live streams were cut, and reconnects were refused (not accepted)
+        for p in plugins:
+            await p.wait_for(lambda p: len(p.failures) >= 2, 10)
+        assert proxy.cut >= len(plugins) and proxy.accepted == accepted
         stale = await lc.change()
         await lc.control(a)
         assert stale <= set(plugin.snapshot())  # the kept table still holds what left
         await proxy.resume()
-        await lc.converged(plugin)
+        await lc.converged(plugins)
         assert proxy.accepted > accepted and plugin.count(lambda p: p.streams) >= 2
         assert stale <= set(plugin.count(lambda p: list(p.deletes)))  # erased by Deletes
-        assert await a.metric("metacollector_departure_deletes_total") >= len(stale)
-        assert a.proc.poll() is None
+        sent = await a.metric("metacollector_departure_deletes_total")
+        assert sent >= len(stale) and a.proc.poll() is None
+        lc.report("cut+refused, same replica", plugins, sent)
     finally:
-        plugin.close()
+        for p in plugins:
+            p.close()
 
 
 async def test_sigkill_then_another_replica_behind_the_same_address(
@@ -300,19 +328,24 @@ async def test_sigkill_then_another_replica_behind_the_same_address(
     await b.ready()
     proxy = Proxy(a.grpc)
     await proxy.start(nursery)
-    plugin = K8smetaClient(f"127.0.0.1:{proxy.port}", NODE).start()
+    plugins = lc.plugins(f"127.0.0.1:{proxy.port}")
+    plugin = plugins[0]  # NODE's
     try:
-        await lc.converged(plugin)
+        await lc.converged(plugins)
         assert await a.kill() == -signal.SIGKILL  # the fault fired
         await proxy.refuse()  # no replica behind the address while the cluster changes
-        await plugin.wait_for(lambda p: len(p.failures) >= 2, 10)
+        for p in plugins:
+            await p.wait_for(lambda p: len(p.failures) >= 2, 10)
         stale = await lc.change()
         await lc.control(b)
         assert stale <= set(plugin.snapshot())
         before = await b.metric("metacollector_departure_deletes_total")
         await proxy.resume(target=b.grpc)
-        await lc.converged(plugin)
+        await lc.converged(plugins)
         assert stale <= set(plugin.count(lambda p: list(p.deletes)))
-        assert await b.metric("metacollector_departure_deletes_total") - before >= len(stale)
+        sent = await b.metric("metacollector_departure_deletes_total") - before
+        assert sent >= len(stale)
+        lc.report("SIGKILL, other replica", plugins, sent)
     finally:
-        plugin.close()
+        for p in plugins:
+            p.close()

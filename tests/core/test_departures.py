@@ -274,3 +274,28 @@ def test_flags_reach_settings_and_defaults_are_the_logs() -> None:
     assert (given_.departure_window, given_.departure_max_entries) == (900.0, 10)
     with pytest.raises(SettingsError, match="--departure-window"):
         settings_from_args(parse(["run", "--departure-window", "0"]))
+
+
+async def test_hub_records_departures_and_counts_them_in_metrics() -> None:
+    from metacollector import metrics
+    from metacollector.hub import Hub
+    from metacollector.kube.reflector import Delta
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    evicted_before = sample("metacollector_departures_evicted_total", {"cap": "node"})
+    deletes_before = sample("metacollector_departure_deletes_total")
+    hub = Hub(departures=DepartureLog(max_per_node=2))
+    pods = [b.pod(f"p{i}", f"pod-{i}", node="n1") for i in range(3)]
+    hub.apply([Delta("ADDED", "Pod", p) for p in pods])
+    hub.apply([Delta("DELETED", "Pod", p) for p in pods])
+    assert sample("metacollector_departures_held") == 2
+    assert sample("metacollector_departures_evicted_total", {"cap": "node"}) == evicted_before + 1
+    mailbox = hub.subscribe("n1", frozenset({"Pod"}))
+    assert sample("metacollector_departure_deletes_total") == deletes_before + 2
+    sent = mailbox.take(hub.state, 1 << 20)
+    assert [(s.reason, pb.Event.FromString(s.message).uid) for s in sent] == [
+        ("Delete", "pod-1"),
+        ("Delete", "pod-2"),
+    ]

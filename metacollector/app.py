@@ -20,6 +20,7 @@ import trio
 
 from metacollector import allocator, metrics
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
+from metacollector.departures import DepartureLog
 from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
@@ -101,7 +102,12 @@ async def serve(
         mode=settings.cloudevents_mode,
     )
     sink = CloudEventsSink(sink_settings) if sink_settings is not None else None
-    hub = Hub(offer=sink.offer if sink is not None else None)
+    hub = Hub(
+        offer=sink.offer if sink is not None else None,
+        departures=DepartureLog(
+            settings.departure_window, max_entries=settings.departure_max_entries
+        ),
+    )
     ssl_context = None
     if settings.server_cert and settings.server_key:
         cert, key, client_ca = settings.server_cert, settings.server_key, settings.client_ca

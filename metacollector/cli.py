@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from metacollector import __version__
 from metacollector.binding import NodeBinding
+from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW, PLUGIN_MAX_BACKOFF
 from metacollector.settings import BindAddress, Settings, SettingsError
 
 
@@ -57,6 +58,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use streaming lists (sendInitialEvents) with fallback to list+watch",
     )
+    p.add_argument(
+        "--departure-window",
+        type=float,
+        default=DEFAULT_WINDOW,
+        help="remember objects that left a node's view this long (s), to send them as Deletes "
+        "to a reconnecting subscriber; keep above Falco's longest reconnect backoff "
+        f"({PLUGIN_MAX_BACKOFF:.0f} s)",
+    )
+    p.add_argument(
+        "--departure-max-entries",
+        type=int,
+        default=DEFAULT_MAX_ENTRIES,
+        help="at most this many departures remembered in all (the oldest go first)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_streams_per_connection=args.max_streams_per_connection,
         max_subscribers_per_node=args.max_subscribers_per_node,
         streaming_list=args.streaming_list,
+        departure_window=args.departure_window,
+        departure_max_entries=args.departure_max_entries,
     )
 
 

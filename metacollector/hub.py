@@ -3,6 +3,8 @@ and routes the touched keys into subscriber mailboxes.
 
 Everything runs on one trio thread, so mailboxes read the state between awaits without locks.
 Cluster-wide changes go to the optional CloudEvents sink through its non-blocking ``offer``.
+Each view departure the reducer reports goes into the departure log, which every subscribe
+reads (SPEC section 2, lifecycle).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import trio
 
 from metacollector import metrics
 from metacollector.changes import ObjectChange
+from metacollector.departures import DepartureLog
 from metacollector.model import KINDS, Object
 from metacollector.reducer import ChangeType, Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions
@@ -23,10 +26,16 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, offer: Callable[[ObjectChange], None] | None = None) -> None:
-        self.reducer = Reducer(track_changes=offer is not None)
+    def __init__(
+        self,
+        offer: Callable[[ObjectChange], None] | None = None,
+        departures: DepartureLog | None = None,
+    ) -> None:
+        self.reducer = Reducer(track_changes=offer is not None, track_departures=True)
         self.state = self.reducer.state
-        self.subscriptions = Subscriptions(self.state)
+        self.departures = departures if departures is not None else DepartureLog()
+        self.subscriptions = Subscriptions(self.state, self.departures)
+        metrics.DEPARTURES_HELD.set_function(self.departures.__len__)
         self._offer = offer
         self.applied = 0
         metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
@@ -45,10 +54,20 @@ class Hub:
             obj: Object = delta.obj
             route(reducer.apply(change_type, delta.kind, obj), now)
         self.applied += len(deltas)
+        if reducer.departed:
+            self._record_departures(now)
         if self._offer is not None and reducer.changes:
             for change in reducer.changes:
                 self._offer(change)
             reducer.changes.clear()
+
+    def _record_departures(self, now: float) -> None:
+        evicted = self.departures.record(self.reducer.departed, now)
+        self.reducer.departed.clear()
+        if evicted.node_cap:
+            metrics.DEPARTURES_EVICTED.labels("node").inc(evicted.node_cap)
+        if evicted.total_cap:
+            metrics.DEPARTURES_EVICTED.labels("total").inc(evicted.total_cap)
 
     async def run(self, deltas: trio.MemoryReceiveChannel[Sequence[Any]]) -> None:
         """Consume reflector batches until every sender closed its end."""
@@ -57,7 +76,11 @@ class Hub:
                 self.apply(batch)
 
     def subscribe(self, node: str, kinds: frozenset[str]) -> Mailbox:
-        return self.subscriptions.subscribe(node, kinds, trio.current_time())
+        mailbox = self.subscriptions.subscribe(node, kinds, trio.current_time())
+        departed = len(mailbox.sent)  # a new mailbox has "sent" only its departed keys
+        if departed:
+            metrics.DEPARTURE_DELETES.inc(departed)
+        return mailbox
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
         self.subscriptions.unsubscribe(mailbox)

@@ -125,6 +125,24 @@ OBJECTS_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+# --- ours: departures (SPEC section 2, lifecycle) ---------------------------------------------
+DEPARTURES_HELD = Gauge(
+    "metacollector_departures_held",
+    "Entries of the departure log: (node, object) pairs that left a node's view in the window.",
+    registry=REGISTRY,
+)
+DEPARTURES_EVICTED = Counter(
+    "metacollector_departures_evicted",
+    "Departure log entries dropped before their window ended, by the cap that was reached.",
+    ["cap"],
+    registry=REGISTRY,
+)
+DEPARTURE_DELETES = Counter(
+    "metacollector_departure_deletes",
+    "Deletes queued on subscribe for objects that recently left the node's view.",
+    registry=REGISTRY,
+)
+
 # --- ours: CloudEvents ------------------------------------------------------------------------
 CE_SENT = Counter(
     "metacollector_cloudevents_sent", "CloudEvents delivered (2xx).", ["type"], registry=REGISTRY

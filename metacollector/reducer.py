@@ -29,6 +29,10 @@ class Reducer:
     state: ClusterState = field(default_factory=ClusterState)
     track_changes: bool = False  # collect cluster-wide ObjectChanges (for the CloudEvents sink)
     changes: list[ObjectChange] = field(default_factory=list)
+    # Collect each (node, key) at the moment it leaves view(node) (for the departure log);
+    # exact, unlike ``touched``, and appended only where a view shrinks.
+    track_departures: bool = False
+    departed: list[tuple[str, Key]] = field(default_factory=list)
     now: float = 0.0  # caller's clock, stamped on ObjectChanges
 
     def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
@@ -59,6 +63,8 @@ class Reducer:
         touched: Touched = []
         self._set(kind, uid, new)
         self._touch_key((kind, uid), touched)
+        if new is None:
+            self._depart_everywhere((kind, uid))
         self._record(kind, old, new)
         if kind == "Namespace":
             name = (new or old).metadata.name  # type: ignore[union-attr]
@@ -156,6 +162,8 @@ class Reducer:
             self._move_refs(old_node, entry.related, node, related, touched)
         if old_node:
             touched.append((old_node, key))
+            if node != old_node:
+                self._depart(old_node, key)
         if node and node != old_node:
             touched.append((node, key))
         self._record("Pod", old, new)
@@ -171,6 +179,7 @@ class Reducer:
         if entry.node:
             self._move_refs(entry.node, entry.related, "", (), touched)
             touched.append((entry.node, entry.key))
+            self._depart(entry.node, entry.key)
         self._record("Pod", entry.pod, None)
         return touched
 
@@ -231,6 +240,8 @@ class Reducer:
             if not nodes:
                 del key_nodes[key]
             touched.append((old_node, key))
+            if key[1] in self.state.objects[key[0]]:  # an absent object was in no view
+                self._depart(old_node, key)
         for key in added:
             counts = key_nodes.get(key)
             if counts is None:
@@ -239,6 +250,17 @@ class Reducer:
             counts[new_node] = count + 1
             if not count:
                 touched.append((new_node, key))
+
+    # --- departures (the departure log's input) -------------------------------------------
+    def _depart(self, node: str, key: Key) -> None:
+        """``key`` just left ``view(node)``."""
+        if self.track_departures:
+            self.departed.append((node, key))
+
+    def _depart_everywhere(self, key: Key) -> None:
+        """``key``'s object was deleted: it leaves the view of every node whose pods refer to it."""
+        if self.track_departures:
+            self.departed.extend((node, key) for node in self.state.key_nodes.get(key, ()))
 
     # --- everything else -------------------------------------------------------------------
     def _set(self, kind: str, uid: str, new: Object | None) -> None:

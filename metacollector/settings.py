@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from metacollector.binding import NodeBinding
+from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW
 
 
 class SettingsError(ValueError):
@@ -61,6 +62,9 @@ class Settings:
     max_streams_per_connection: int = 1024
     max_subscribers_per_node: int = 256
     streaming_list: bool = False
+    # departure log (issue 15): how long and how many view departures are remembered
+    departure_window: float = DEFAULT_WINDOW
+    departure_max_entries: int = DEFAULT_MAX_ENTRIES
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):
@@ -82,6 +86,10 @@ class Settings:
                 BindAddress.parse(flag, value)
         if self.stall_timeout <= 0:
             raise SettingsError("--stall-timeout must be positive")
+        if self.departure_window <= 0:
+            raise SettingsError("--departure-window must be positive")
+        if self.departure_max_entries <= 0:
+            raise SettingsError("--departure-max-entries must be positive")
 
     @property
     def sink_url(self) -> str | None:

@@ -4,6 +4,10 @@ A mailbox holds the *set* of keys touched since they were last looked at, never 
 events. When its sender has room, ``take`` compares each key's current state with what this
 subscriber last received and yields Create, Update or Delete, or nothing. A slow subscriber's
 mailbox is therefore bounded by its node's view, and it always ends on the true final state.
+
+On subscribe, after the initial sync's keys, the mailbox also queues a Delete for every key in
+its node's departure log that is not in the view now (SPEC section 2, lifecycle): Falco's plugin
+keeps its table across reconnects, and this is what erases what left the view while it was away.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ from typing import Final
 
 import msgspec
 
+from metacollector.departures import DepartureLog
 from metacollector.model import KINDS
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
 from metacollector.state import ClusterState, Key
 
 # The Falco plugin asks for "ReplicaController" (sic); we serve it ReplicationControllers.
 KIND_ALIASES: Final = {"ReplicaController": "ReplicationController"}
+
+# ``Mailbox.sent`` value of a departed key queued on subscribe: as if sent, so ``take`` yields a
+# Delete while the key stays out of the view, and a Create (not an Update) if it came back.
+DEPARTED: Final = b"\0departed"
 
 
 def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
@@ -68,7 +77,10 @@ class Mailbox:
                 if last is None:
                     message, reason = CREATE_PREFIX + body, "Create"
                 elif last is not body and last != body:
-                    message, reason = UPDATE_PREFIX + body, "Update"
+                    if last is DEPARTED:
+                        message, reason = CREATE_PREFIX + body, "Create"
+                    else:
+                        message, reason = UPDATE_PREFIX + body, "Update"
                 else:
                     continue
                 sent[key] = body
@@ -94,15 +106,24 @@ class Subscriptions:
     """Every subscriber, by node; routes the reducer's touched keys into their mailboxes."""
 
     state: ClusterState
+    departures: DepartureLog | None = None
     by_node: dict[str, set[Mailbox]] = field(default_factory=dict)
 
     def subscribe(self, node: str, kinds: frozenset[str], now: float) -> Mailbox:
-        """Register a subscriber and queue its initial sync (every key of its view)."""
+        """Register a subscriber and queue its initial sync (every key of its view), then a
+        Delete for each recently departed key not in the view; right after this call,
+        ``len(mailbox.sent)`` is the number of those Deletes."""
         mailbox = Mailbox(node=node, kinds=kinds)
         self.by_node.setdefault(node, set()).add(mailbox)
+        dirty = mailbox.dirty
         for key in self.state.view(node):
             if key[0] in kinds:
-                mailbox.dirty[key] = now
+                dirty[key] = now
+        if self.departures is not None:
+            for key in self.departures.for_node(node, now):
+                if key[0] in kinds and key not in dirty:  # dirty holds exactly the view now
+                    mailbox.sent[key] = DEPARTED
+                    dirty[key] = now
         return mailbox
 
     def unsubscribe(self, mailbox: Mailbox) -> None:

@@ -47,7 +47,8 @@ class GrpcWatch:
         )
         selector = pb.Selector(nodeName=self.node, resourceKinds={k: "" for k in self.kinds})
         self.call = watch(selector)
-        self._checker = Subscriber(mailbox=None)  # type: ignore[arg-type]
+        # the collector keeps a departure log: Deletes of unknown uids are counted, not faults
+        self._checker = Subscriber(mailbox=None, departures=True)  # type: ignore[arg-type]
         threading.Thread(target=self._pump, daemon=True).start()
         return self
 

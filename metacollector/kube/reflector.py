@@ -73,7 +73,7 @@ class APIError(Exception):
     """Any other failed request or broken stream: back off and retry."""
 
 
-class MalformedLine(Exception):
+class MalformedResponse(Exception):
     """A watch line that is not a watch event, or a list page that is not a list: start again
     (the watch from the last good rv, the list from its first page) after a backoff."""
 
@@ -197,7 +197,7 @@ class Reflector(Generic[T]):
                 if delay < 1:
                     delay = max(delay, self.backoff.next(trio.current_time(), self.rng))
                 why = "throttled"
-            except MalformedLine as exc:
+            except MalformedResponse as exc:
                 if self.rv != progress_mark:
                     self.backoff.reset()
                 delay, why = self.backoff.next(trio.current_time(), self.rng), "malformed"
@@ -266,7 +266,7 @@ class Reflector(Generic[T]):
             try:
                 page = self._page.decode(response.content)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                raise MalformedLine(f"list page: {exc}") from None
+                raise MalformedResponse(f"list page: {exc}") from None
             prepare = self.prepare
             for item in page.items or ():
                 obj = prepare(item) if prepare else item
@@ -354,10 +354,10 @@ class Reflector(Generic[T]):
                             f"watch ERROR {status.code} {status.reason}: {status.message}"
                         )
                     if event.type not in ("ADDED", "MODIFIED", "DELETED"):
-                        raise MalformedLine(f"unknown event type {event.type!r}")
+                        raise MalformedResponse(f"unknown event type {event.type!r}")
                     obj = self._item.decode(event.object)
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                    raise MalformedLine(f"{exc}: {line[:200]!r}") from None
+                    raise MalformedResponse(f"{exc}: {line[:200]!r}") from None
                 if self.prepare:
                     obj = self.prepare(obj)
                 uid = obj.metadata.uid

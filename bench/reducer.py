@@ -39,11 +39,9 @@ from metacollector.model import (
     decode,
 )
 from metacollector.reducer import ChangeType, Reducer
-from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
+from metacollector.subscriptions import FALCO_KINDS, Mailbox, Subscriptions, selected_kinds
 
-FALCO = selected_kinds(
-    ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
-)
+FALCO = selected_kinds(FALCO_KINDS)
 
 
 def build(nodes: int, pods_per_node: int, rng: random.Random) -> tuple[Reducer, list[Pod]]:

@@ -19,7 +19,16 @@ from metacollector.model import KINDS
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
 from metacollector.state import ClusterState, Key
 
-# The Falco plugin asks for "ReplicaController" (sic); we serve it ReplicationControllers.
+# The kinds Falco's k8smeta plugin asks for, in its spelling: "ReplicaController" (sic), which
+# we serve ReplicationControllers; it never asks for DaemonSets.
+FALCO_KINDS: Final = (
+    "Pod",
+    "Namespace",
+    "Deployment",
+    "Service",
+    "ReplicaSet",
+    "ReplicaController",
+)
 KIND_ALIASES: Final = {"ReplicaController": "ReplicationController"}
 
 

@@ -22,7 +22,7 @@ import trio
 from metacollector import metrics
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.config import KubeConfigError
-from metacollector.kube.resources import Resource
+from metacollector.kube.resources import INITIAL_EVENTS_END, Resource
 from metacollector.kube.stream import (
     LineTooLong,
     TruncatedLine,
@@ -34,7 +34,6 @@ from metacollector.kube.stream import (
 
 log = logging.getLogger("metacollector.kube.reflector")
 
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 class _Meta(Protocol):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from metacollector.model import KINDS, Object
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS
 from tests.core import builders as b
 from tests.core import oracle
 from tests.core.harness import Core, Subscriber
@@ -74,7 +75,7 @@ def other_change(draw: st.DrawFn) -> tuple[str, str, Object]:
 
 kind_sets = st.sampled_from(
     [
-        ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"],
+        list(FALCO_KINDS),
         [
             "Pod",
             "Namespace",

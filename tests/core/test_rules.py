@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS
 from tests.core import builders as b
 from tests.core import oracle
 from tests.core.harness import Core, Subscriber
-
-FALCO_KINDS = ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
 
 
 def refs_of(ev: pb.Event) -> dict[str, list[str]]:

@@ -8,10 +8,9 @@ import logging
 import pytest
 import trio
 
+from metacollector.subscriptions import FALCO_KINDS
 from tests.e2e.conftest import Env
 from tests.e2e.scenarios import build, converged
-
-FALCO = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
 
 
 def refs(event) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
@@ -52,7 +51,7 @@ async def test_subscribe_unsubscribe_logs(env: Env, caplog: pytest.LogCaptureFix
 async def test_initial_sync_exact(env: Env) -> None:
     s = await build(env)
     node = s.nodes[0]
-    w = env.watch(node, FALCO)
+    w = env.watch(node, FALCO_KINDS)
     await converged(env, w)
     uids = {e.uid: e.kind for e in w.current.values()}
     assert uids == {
@@ -223,7 +222,7 @@ async def test_service_selector_matches_nothing(env: Env) -> None:
 
 async def test_falco_selector_receives_replicationcontrollers(env: Env) -> None:
     s = await build(env)
-    w = env.watch(s.nodes[0], FALCO)
+    w = env.watch(s.nodes[0], FALCO_KINDS)
     await converged(env, w)
     assert w.current[s.uid("rc")].kind == "ReplicationController"
     await env.cluster.patch(

@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for test
 
 from metacollector.changes import ObjectChange
 from metacollector.cloudevents import CloudEventsSink, SinkSettings
-from tests.cloudevents.receiver import start_receiver
+from metacollector.testing.receiver import start_receiver
 
 
 def change(i: int) -> ObjectChange:

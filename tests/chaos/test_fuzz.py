@@ -25,9 +25,9 @@ from metacollector.grpc.watch import WatchService
 from metacollector.hub import Hub
 from metacollector.kube.stream import LineTooLong, TruncatedLine, WatchDecoder, decode_event
 from metacollector.proto import metadata_pb2 as pb
-from tests.core import builders as b
-from tests.core import oracle
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.grpc_watch import GrpcWatch
 
 
 class Served:

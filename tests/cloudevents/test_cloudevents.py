@@ -18,7 +18,7 @@ from metacollector.cloudevents import (
     settings_from_env,
 )
 from metacollector.model import KINDS
-from tests.cloudevents.receiver import Receiver, data_of, start_receiver
+from metacollector.testing.receiver import Receiver, data_of, start_receiver
 
 SUBJECTS = {
     "Pod": "/api/v1/namespaces/shop/pods/obj-pod",
@@ -248,7 +248,7 @@ async def test_end_to_end_from_cluster_changes(nursery: trio.Nursery) -> None:
     from metacollector.emulator.harness import running_emulator
     from metacollector.kube.config import load_kubeconfig
     from metacollector.settings import BindAddress, Settings
-    from tests.e2e.cluster import Cluster
+    from tests.support.cluster import Cluster
 
     receiver = await start_receiver(nursery)
     async with running_emulator(nodes=2, pods_per_node=3) as emu:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from metacollector.model import KINDS, Object
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.subscriptions import FALCO_KINDS
-from tests.core import builders as b
-from tests.core import oracle
-from tests.core.harness import Core, Subscriber
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.harness import Core, Subscriber
 
 NODES = ["n1", "n2", "n3", ""]
 POD_NODES = st.sampled_from(["n1", "n1", "n2", "n2", "n3", ""])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.subscriptions import FALCO_KINDS
-from tests.core import builders as b
-from tests.core import oracle
-from tests.core.harness import Core, Subscriber
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.harness import Core, Subscriber
 
 
 def refs_of(ev: pb.Event) -> dict[str, list[str]]:

@@ -2,84 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import httpx
 import pytest
 import trio
 
-from tests.e2e.conftest import REAL_KUBECONFIG
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.support.env import REAL_KUBECONFIG
+from tests.support.grpc_watch import GrpcWatch
+from tests.support.process import Collector
 
 pytestmark = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="uses the emulator's synthetic cluster"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Collector:
-    def __init__(self, kubeconfig: Path, *extra: str) -> None:
-        self.grpc, self.metrics, self.health = free_port(), free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "metacollector.cli",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--broker-bind-address",
-                f"127.0.0.1:{self.grpc}",
-                "--metrics-bind-address",
-                f"127.0.0.1:{self.metrics}",
-                "--health-probe-bind-address",
-                f"127.0.0.1:{self.health}",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-    async def ready(self, timeout: float = 30) -> None:
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(timeout):
-                while True:
-                    assert self.proc.poll() is None, self.proc.communicate()[1]
-                    try:
-                        if (
-                            await client.get(f"http://127.0.0.1:{self.health}/readyz")
-                        ).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
-
-    async def metric(self, name: str) -> float:
-        async with httpx.AsyncClient() as client:
-            text = (await client.get(f"http://127.0.0.1:{self.metrics}/metrics")).text
-        for line in text.splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"{name} not in /metrics")
-
-    async def terminate(self, timeout: float = 10) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        rc = await trio.to_thread.run_sync(lambda: self.proc.wait(timeout))
-        return rc, self.proc.stderr.read() if self.proc.stderr else ""
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from metacollector.subscriptions import FALCO_KINDS
-from tests.e2e.conftest import Env
-from tests.e2e.scenarios import build, converged
+from tests.support.env import Env
+from tests.support.scenarios import build, converged
 
 
 def refs(event) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]

@@ -6,43 +6,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from metacollector.emulator.harness import running_emulator
-from tests.emulator.conftest import Api, emulator_only
+from tests.support.emulator_api import MERGE, SMP, Api, watch_lines
+from tests.support.env import needs_emulator as emulator_only
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-MERGE = {"Content-Type": "application/merge-patch+json"}
-SMP = {"Content-Type": "application/strategic-merge-patch+json"}
-
-
-async def watch_lines(
-    client: httpx.AsyncClient,
-    path: str,
-    params: dict[str, str],
-    n: int,
-    timeout: float = 5,
-    headers: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    with trio.move_on_after(timeout):
-        async with client.stream(
-            "GET", path, params={"watch": "1", **params}, headers=headers or {}
-        ) as r:
-            assert r.status_code == 200, await r.aread()
-            buf = b""
-            async for chunk in r.aiter_bytes():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    out.append(json.loads(line))
-                    if len(out) >= n:
-                        return out
-    return out
 
 
 @emulator_only

@@ -9,8 +9,8 @@ from typing import Any
 import trio
 
 from metacollector.emulator.churn import run_churn
-from tests.emulator.conftest import Api, emulator_only
-from tests.emulator.test_api import MERGE, watch_lines
+from tests.support.emulator_api import MERGE, Api, watch_lines
+from tests.support.env import needs_emulator as emulator_only
 
 PARTIAL = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 

@@ -15,8 +15,8 @@ import trustme
 from metacollector.grpc.framing import encode_message
 from metacollector.grpc.server import ServerLimits, StartupError, server_ssl_context
 from metacollector.proto import metadata_pb2 as pb
-from tests.e2e.grpc_watch import GrpcWatch
-from tests.grpc.conftest import Served, start_server
+from tests.support.grpc_server import Served, start_server
+from tests.support.grpc_watch import GrpcWatch
 
 
 def call(

@@ -17,7 +17,8 @@ from metacollector.kube.config import load_kubeconfig
 from metacollector.kube.reflector import Backoff, Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES
-from tests.kube.conftest import counting_plugin, exec_kubeconfig, needs_emulator
+from tests.support.env import needs_emulator
+from tests.support.kube import counting_plugin, exec_kubeconfig
 
 pytestmark = needs_emulator
 PODS = next(r for r in RESOURCES if r.kind == "Pod")

@@ -14,9 +14,8 @@ import grpc
 import trio
 
 from metacollector.proto import metadata_pb2 as pb
-from tests.core.harness import Subscriber
-
-FALCO_KINDS = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
+from metacollector.subscriptions import FALCO_KINDS
+from tests.support.harness import Subscriber
 
 
 @dataclass

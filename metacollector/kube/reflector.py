@@ -35,7 +35,6 @@ from metacollector.kube.stream import (
 log = logging.getLogger("metacollector.kube.reflector")
 
 
-
 class _Meta(Protocol):
     @property
     def uid(self) -> str: ...

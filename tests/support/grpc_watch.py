@@ -74,14 +74,6 @@ class GrpcWatch:
                     raise self.error
                 await trio.sleep(0.01)
 
-    async def wait_quiet(self, quiet: float = 0.3, timeout: float = 10) -> None:
-        """Wait until no event arrived for ``quiet`` seconds."""
-        with trio.fail_after(timeout):
-            seen = -1
-            while seen != len(self.events):
-                seen = len(self.events)
-                await trio.sleep(quiet)
-
     async def wait_ended(self, timeout: float = 10) -> grpc.StatusCode:
         with trio.fail_after(timeout):
             while not self.done.is_set():

@@ -5,34 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import trio
 
-from metacollector.testing import free_port
+from metacollector.testing import collector_command, free_port, wait_ready
 
 
 class Collector:
     def __init__(self, kubeconfig: Path, *extra: str) -> None:
         self.grpc, self.metrics, self.health = free_port(), free_port(), free_port()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "metacollector.cli",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--broker-bind-address",
-                f"127.0.0.1:{self.grpc}",
-                "--metrics-bind-address",
-                f"127.0.0.1:{self.metrics}",
-                "--health-probe-bind-address",
-                f"127.0.0.1:{self.health}",
-                *extra,
-            ],
+            collector_command(kubeconfig, self.grpc, self.metrics, self.health, *extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -40,18 +25,10 @@ class Collector:
         )
 
     async def ready(self, timeout: float = 30) -> None:
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(timeout):
-                while True:
-                    assert self.proc.poll() is None, self.proc.communicate()[1]
-                    try:
-                        if (
-                            await client.get(f"http://127.0.0.1:{self.health}/readyz")
-                        ).status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
+        def alive() -> None:
+            assert self.proc.poll() is None, self.proc.communicate()[1]
+
+        await wait_ready(f"http://127.0.0.1:{self.health}/readyz", timeout, alive)
 
     async def metric(self, name: str) -> float:
         async with httpx.AsyncClient() as client:

@@ -41,7 +41,7 @@ class Outgoing(msgspec.Struct, frozen=True, gc=False):
     """A message taken from a mailbox, to be sent: protobuf bytes plus what metrics and latency
     need.
 
-    A msgspec Struct: built in C, about a quarter of the cost of a NamedTuple's ``__new__``.
+    A msgspec Struct: built in C, far cheaper than a NamedTuple (bench/README.md, Reducer).
     """
 
     message: bytes

@@ -118,7 +118,9 @@ async def test_dropped_connection_resumes_without_relist(
 
 async def test_in_band_410_relists_once(emu: EmulatorHandle, nursery: trio.Nursery) -> None:
     mirror = await start(nursery, emu)
-    await trio.sleep(0.3)  # the watch is open
+    with trio.fail_after(10):  # the watch is open
+        while not emu.emulator.store.watchers["pods"]:
+            await trio.sleep(0.01)
     await emu.admin("/admin/compact")
     await churn(emu, 5, "after-compaction")
     await converged(emu, mirror)

@@ -1,4 +1,4 @@
-"""Subscribers by node and their level-triggered mailboxes (ARCHITECTURE invariant 1).
+"""Subscribers by node and their level-triggered mailboxes (docs/architecture.md, invariant 1).
 
 A mailbox holds the *set* of keys touched since they were last looked at, never a queue of
 events. When its sender has room, ``take`` compares each key's current state with what this

@@ -85,8 +85,7 @@ async def test_every_kind_and_reason_mapped_exactly(nursery: trio.Nursery, mode:
             c = change(kind, reason, uid=f"{kind}-{reason}", labels={"app": "web"})
             sent.append(c)
             sink.offer(c)
-            await trio.sleep(0.02)  # distinct uids, no coalescing; keep them ordered
-    await deliver_all(receiver, sink, len(sent))
+            await deliver_all(receiver, sink, len(sent))  # one at a time: kept in order
     by_uid = {data_of(e)["uid"]: e for e in receiver.events}
     for c in sent:
         e = by_uid[c.uid]

@@ -295,7 +295,10 @@ async def test_watch_expiry_both_forms(api: Api) -> None:
     current = (await api.client.get("/api/v1/pods")).json()["metadata"]["resourceVersion"]
 
     async def compact_soon() -> None:
-        await trio.sleep(0.3)
+        store = api.emulator.emulator.store  # type: ignore[union-attr]
+        with trio.fail_after(10):  # once the watch below is open
+            while not store.watchers["pods"]:
+                await trio.sleep(0.01)
         await api.emulator.admin("/admin/compact")  # type: ignore[union-attr]
 
     async with trio.open_nursery() as n:
@@ -423,7 +426,9 @@ async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
             stdout=-1,
             env=env,
         )  # type: ignore[list-item]
-        await trio.sleep(1)
+        with trio.fail_after(30):  # kubectl's watch is open
+            while not emu.emulator.store.watchers["pods"]:
+                await trio.sleep(0.05)
         assert "pod/kc created" in await kubectl("create", "-f", str(manifest))
         assert "labeled" in await kubectl("label", "pod", "kc", "-n", "team-0", "color=blue")
         assert "color=blue" in await kubectl("get", "pod", "kc", "-n", "team-0", "--show-labels")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from metacollector.emulator.harness import EmulatorHandle, running_emulator
@@ -105,15 +106,24 @@ async def test_initial_list_paginates_and_syncs(emu: EmulatorHandle, nursery: tr
     assert mirror.reflector.relists == 0
 
 
-async def test_dropped_connection_resumes_without_relist(
-    emu: EmulatorHandle, nursery: trio.Nursery
+@pytest.mark.parametrize(
+    ("faults", "changes", "restarts"),
+    [({"drop_watch_after": 3}, 20, 3), ({"malformed_lines": 2}, 6, 1)],
+    ids=["dropped-connection", "malformed-line"],
+)
+async def test_watch_fault_resumes_without_relist(
+    emu: EmulatorHandle,
+    nursery: trio.Nursery,
+    faults: dict[str, int],
+    changes: int,
+    restarts: int,
 ) -> None:
     mirror = await start(nursery, emu)
-    await emu.set_faults(drop_watch_after=3)
-    await churn(emu, 20, "drop")
+    await emu.set_faults(**faults)
+    await churn(emu, changes, next(iter(faults)).replace("_", "-"))
     await converged(emu, mirror)
     assert mirror.reflector.relists == 0
-    assert mirror.reflector.watch_restarts >= 3
+    assert mirror.reflector.watch_restarts >= restarts
 
 
 async def test_in_band_410_relists_once(emu: EmulatorHandle, nursery: trio.Nursery) -> None:
@@ -157,17 +167,6 @@ async def test_429_storm_and_500s_back_off_and_recover(
     await churn(emu, 3, "errors")
     await converged(emu, mirror)
     assert mirror.reflector.relists == 0
-
-
-async def test_malformed_line_restarts_watch_without_relist(
-    emu: EmulatorHandle, nursery: trio.Nursery
-) -> None:
-    mirror = await start(nursery, emu)
-    await emu.set_faults(malformed_lines=2)
-    await churn(emu, 6, "garbled")
-    await converged(emu, mirror)
-    assert mirror.reflector.relists == 0
-    assert mirror.reflector.watch_restarts >= 1
 
 
 async def test_new_resource_version_epoch(emu: EmulatorHandle, nursery: trio.Nursery) -> None:

@@ -64,7 +64,9 @@ async def test_sigterm_during_initial_sync_of_100_subscribers(emulator) -> None:
         watches = [
             GrpcWatch(f"127.0.0.1:{collector.grpc}", f"node-{i % 4}").start() for i in range(100)
         ]
-        await watches[0].wait_for(lambda w: len(w.events) > 0)  # streams open, syncs under way
+        with trio.fail_after(30):  # every stream open, syncs under way or done
+            while await collector.metric("meta_collector_server_subscribers") != 100:
+                await trio.sleep(0.05)
         with trio.fail_after(15):
             rc, stderr = await collector.terminate()
         assert rc == 0, stderr

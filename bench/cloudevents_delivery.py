@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import pathlib
-import sys
 import time
 import tracemalloc
 
 import trio
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for tests.cloudevents
+from _common import report
 
 from metacollector.changes import ObjectChange
 from metacollector.cloudevents import CloudEventsSink, SinkSettings
-from tests.cloudevents.receiver import start_receiver
+from metacollector.testing.receiver import start_receiver
 
 
 def change(i: int) -> ObjectChange:
@@ -106,11 +103,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--queue-size", type=int, default=10000)
     args = ap.parse_args()
-    result = trio.run(run, args)
-    for k, v in result.items():
-        print(f"{k:<28}  {v}")
-    out = pathlib.Path(__file__).parent / "results" / "cloudevents.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report(trio.run(run, args), "cloudevents.json")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,20 +41,22 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import msgspec
 import trio
+from _common import (
+    cpu_seconds,
+    emulator_command,
+    machine_busy_seconds,
+    report,
+    start_emulator,
+    stop,
+)
 
 from metacollector.emulator.churn import ChurnClient, run_churn
+from metacollector.testing import free_port
 
 STAMP = b'"bench-stamp":"'
 WINDOW_S = 5.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- role: watch consumer ----------------------------------------------------------------------
 def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -221,21 +221,6 @@ def churn_role(args: argparse.Namespace) -> None:
 
 
 # --- orchestration -----------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (from /proc); 0 once it is gone."""
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy so far (from /proc/stat), to see other load."""
-    ticks = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-
-
 class CpuSampler:
     """Samples the CPU time of named processes and of the whole machine every 0.25 s, so the
     cores each used inside the churn window can be read afterwards."""
@@ -456,32 +441,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     tmp = pathlib.Path(tempfile.mkdtemp())
     t0 = time.monotonic()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "metacollector.cli",
-            "emulator",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--write-kubeconfig",
-            str(tmp / "kc"),
-            "--plain-http",
-            "--token",
-            token,
-            "--nodes",
-            str(args.nodes),
-            "--pods-per-node",
-            str(args.pods_per_node),
-            "--history-size",
-            "100000",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    emulator = start_emulator(
+        emulator_command(
+            port, tmp / "kc", args.nodes, args.pods_per_node, "--history-size=100000", token=token
+        )
     )
-    assert emulator.stdout is not None
-    emulator.stdout.readline()
-    print(f"emulator pid {emulator.pid}", file=sys.stderr, flush=True)
     result: dict[str, Any] = {
         "pods": args.nodes * args.pods_per_node,
         "emulator_start_s": round(time.monotonic() - t0, 1),
@@ -499,8 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[mode] = measure(args, url, token, client, cpu)
     finally:
         cpu.stop()
-        emulator.terminate()
-        emulator.wait(10)
+        stop(emulator)
     return result
 
 
@@ -528,11 +491,7 @@ def main() -> None:
         return watch_role(args)
     if args.role == "churn":
         return churn_role(args)
-    result = run(args)
-    print(json.dumps(result, indent=2))
-    (pathlib.Path(__file__).parent / "results" / "emulator.json").write_text(
-        json.dumps(result, indent=2) + "\n"
-    )
+    report(run(args), "emulator.json")
 
 
 if __name__ == "__main__":

@@ -13,45 +13,25 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import pathlib
-import resource
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import trio
+from _common import emulator_command, memory_mb, report, start_emulator, stop
 
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 from metacollector.kube.reflector import Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES, intern_strings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb() -> float:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+from metacollector.testing import free_port
 
 
 async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
-    baseline = rss_mb()
+    baseline = memory_mb()["rss_mb"]
     cfg = load_kubeconfig(str(kubeconfig))
     deltas = 0
 
@@ -91,8 +71,8 @@ async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[st
             "deltas_handed_on": deltas,
             "relists": sum(r.relists for r in reflectors),
             "rss_baseline_mb": round(baseline, 1),
-            "rss_after_gc_mb": round(rss_mb(), 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "rss_after_gc_mb": round(memory_mb()["rss_mb"], 1),
+            "peak_rss_mb": round(memory_mb()["hwm_mb"], 1),
         }
         nursery.cancel_scope.cancel()
     return result
@@ -105,31 +85,16 @@ def main() -> None:
     p.add_argument("--page-size", type=int, default=500)
     p.add_argument("--streaming-list", action="store_true")
     p.add_argument("--plain-http", action="store_true", help="emulator without TLS")
-    p.add_argument("--out", default="bench/results/list_hold.json")
+    p.add_argument("--out", default="list_hold.json", help="a name under bench/results/, or a path")
     args = p.parse_args()
     port = free_port()
     tmp = pathlib.Path(tempfile.mkdtemp())
     t0 = time.monotonic()
-    cmd = [
-        sys.executable,
-        "-m",
-        "metacollector.cli",
-        "emulator",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--write-kubeconfig",
-        str(tmp / "kubeconfig"),
-        "--nodes",
-        str(args.nodes),
-        "--pods-per-node",
-        str(args.pods_per_node),
-        *(["--plain-http"] if args.plain_http else []),
-    ]
-    emulator = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    command = emulator_command(
+        port, tmp / "kubeconfig", args.nodes, args.pods_per_node, plain_http=args.plain_http
+    )
+    emulator = start_emulator(command)
     try:
-        assert emulator.stdout is not None
-        if not emulator.stdout.readline():
-            sys.exit("emulator did not start")
         result: dict[str, Any] = {
             "nodes": args.nodes,
             "pods_per_node": args.pods_per_node,
@@ -140,12 +105,8 @@ def main() -> None:
         }
         result.update(trio.run(measure, tmp / "kubeconfig", args))
     finally:
-        emulator.terminate()
-        emulator.wait(30)
-    print(json.dumps(result, indent=2))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        stop(emulator, timeout=30)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
-import pathlib
 import random
 import statistics
 import sys
 import time
 
 import msgspec
+from _common import report
 
 from metacollector import allocator
 from metacollector.gcpolicy import freeze_heap
@@ -39,11 +38,9 @@ from metacollector.model import (
     decode,
 )
 from metacollector.reducer import ChangeType, Reducer
-from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
+from metacollector.subscriptions import FALCO_KINDS, Mailbox, Subscriptions, selected_kinds
 
-FALCO = selected_kinds(
-    ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
-)
+FALCO = selected_kinds(FALCO_KINDS)
 
 
 def build(nodes: int, pods_per_node: int, rng: random.Random) -> tuple[Reducer, list[Pod]]:
@@ -215,11 +212,7 @@ def main() -> None:
             round(lookup_ns(150_000, rng)),
         ],
     }
-    width = max(map(len, result))
-    for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
-    out = pathlib.Path(__file__).parent / "results" / "reducer.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report(result, "reducer.json")
 
 
 if __name__ == "__main__":

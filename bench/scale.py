@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import pathlib
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,32 +28,16 @@ from typing import Any
 
 import httpx
 import trio
+from _common import HERE, emulator_command, proc_stats, report, start_emulator, stop
 
 from metacollector import allocator
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS, selected_kinds
+from metacollector.testing import collector_command, free_port, wait_ready
 
-HERE = pathlib.Path(__file__).parent
 PY = sys.executable
 SEND_LATENCY, GC_PAUSE = "metacollector_send_latency_seconds", "metacollector_gc_pause_seconds"
-FALCO = {"Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicationController"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_stats(pid: int) -> dict[str, float]:
-    status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return {
-        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-        "hwm_mb": int(fields["VmHWM"].split()[0]) / 1024,
-        "cpu_s": (int(stat[11]) + int(stat[12])) / tick,
-    }
+FALCO = selected_kinds(FALCO_KINDS)
 
 
 # --- an independent, indexed statement of view(N) from raw API objects -----------------------
@@ -293,33 +276,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     kubeconfig = tmp / "kubeconfig"
     emu_port, grpc_port, http_port = free_port(), free_port(), free_port()
     token = "bench-token"
-    emulator = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "metacollector.cli",
-            "emulator",
-            "--listen",
-            f"127.0.0.1:{emu_port}",
-            "--write-kubeconfig",
-            str(kubeconfig),
-            "--plain-http",
-            "--token",
-            token,
-            "--nodes",
-            str(args.nodes),
-            "--pods-per-node",
-            str(args.pods_per_node),
-            "--history-size",
-            "200000",
-            "--bookmark-interval",
-            "30",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    command = emulator_command(
+        emu_port,
+        kubeconfig,
+        args.nodes,
+        args.pods_per_node,
+        "--history-size=200000",
+        "--bookmark-interval=30",
+        token=token,
     )
-    assert emulator.stdout is not None
-    await trio.to_thread.run_sync(emulator.stdout.readline)
+    emulator = await trio.to_thread.run_sync(start_emulator, command)
     url = f"http://127.0.0.1:{emu_port}"
     result: dict[str, Any] = {
         "nodes": args.nodes,
@@ -333,37 +299,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await reset_stats(url, token)
     t0 = time.monotonic()
     collector = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "metacollector.cli",
-            "run",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--broker-bind-address",
-            f"127.0.0.1:{grpc_port}",
-            "--metrics-bind-address",
-            f"127.0.0.1:{http_port}",
-            "--health-probe-bind-address",
-            f"127.0.0.1:{http_port}",
-            "--log-level",
-            "warning",
-            "--max-connections",
-            "100000",
-        ],
+        collector_command(
+            kubeconfig,
+            grpc_port,
+            http_port,
+            http_port,
+            "--log-level=warning",
+            "--max-connections=100000",
+        ),
         env=allocator.environment(os.environ, args.allocator == "hugepages"),
     )
     workers = naive = None
     try:
-        async with httpx.AsyncClient() as c:
-            with trio.fail_after(600):
-                while True:
-                    try:
-                        if (await c.get(f"http://127.0.0.1:{http_port}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.05)
+        await wait_ready(f"http://127.0.0.1:{http_port}/readyz", 600)
         result["cold_start_s"] = round(time.monotonic() - t0, 2)
         st = await stats(url, token)
         result["collector_startup_requests"] = st["requests_by_agent"].get("metacollector", 0)
@@ -480,13 +428,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for w in (workers, naive):
             if w is not None:
                 w.stop()
-        for p in (collector, emulator):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(collector, emulator)
     return result
 
 
@@ -512,15 +454,7 @@ def main() -> None:
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
     args.subscribers = min(args.subscribers or args.nodes, args.nodes)
-    result = trio.run(run, args)
-    width = max(map(len, result))
-    for key, value in result.items():
-        print(f"{key:<{width}}  {value}")
-    out = pathlib.Path(
-        args.output or HERE / "results" / f"scale-{args.nodes}x{args.pods_per_node}.json"
-    )
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    report(trio.run(run, args), args.output or f"scale-{args.nodes}x{args.pods_per_node}.json")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """An optional memory set-up: glibc malloc on transparent huge pages, and what this process has.
 
 At 150,000 pods a cluster change is bound by touching cold memory (the pod's previous version,
-its entry, the node's mailbox). A heap of most of a gigabyte on 4 KiB pages has ~250,000 page
-table entries, far more than the TLB holds, so a cold access usually walks the page table too.
+its entry, the node's mailbox). A heap of most of a gigabyte on 4 KiB pages has far more page
+table entries than the TLB holds, so a cold access usually walks the page table too.
 With ``PYTHONMALLOC=malloc`` objects come from glibc's malloc instead of pymalloc's arenas, and
 ``glibc.malloc.hugetlb=1`` has malloc ask the kernel for transparent huge pages (2 MiB,
-``madvise``). Measured (bench/README.md): the reducer alone does 12-17% more changes/s, but the
-whole collector at 5,000 nodes is no faster (its other work allocates more than it looks up) and
-holds ~5% more RSS, so the image keeps CPython's allocator and this stays an operator's choice.
+``madvise``). Measured (bench/README.md, Reducer and Scale run 5): the reducer alone gains, the
+whole collector at 5,000 nodes does not (its other work allocates more than it looks up) and
+holds more RSS, so the image keeps CPython's allocator and this stays an operator's choice.
 Both variables are read when the interpreter starts; the collector logs ``describe()`` at start.
 """
 

@@ -25,7 +25,7 @@ from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
 from metacollector.grpc.watch import WatchService
-from metacollector.http import Readiness, serve_http
+from metacollector.http import Readiness, relist_check, serve_http
 from metacollector.http import StartupError as HttpStartupError
 from metacollector.hub import Hub
 from metacollector.kube.auth import CredentialError
@@ -53,21 +53,6 @@ class Running:
     health_port: int | None
     reflectors: Sequence[Reflector[Any]]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-
-
-def relist_grace_check(reflectors: Sequence[Reflector[Any]], grace: float) -> Any:
-    """Readiness: every reflector synced, and none relisting for longer than ``grace``."""
-
-    def check() -> bool | str:
-        now = trio.current_time()
-        for r in reflectors:
-            if not r.synced.is_set():
-                return f"{r.resource.plural}: not synced"
-            if r.relisting_since is not None and now - r.relisting_since > grace:
-                return f"{r.resource.plural}: relisting for {now - r.relisting_since:.0f}s"
-        return True
-
-    return check
 
 
 def default_source(cfg: KubeConfig) -> str:
@@ -156,7 +141,7 @@ async def serve(
             await nursery.start(sink.run)
         grpc_listening = False
         readiness = Readiness()
-        readiness.add_check("reflectors", relist_grace_check(reflectors, readiness_grace))
+        readiness.add_check("reflectors", relist_check(reflectors, readiness_grace))
         readiness.add_check("grpc", lambda: grpc_listening or "gRPC port not listening")
         bind = settings.broker_bind
         grpc_port = await nursery.start(server.serve, bind.host, bind.port)

@@ -74,7 +74,21 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The commands that run the API server emulator. Only they import it: ``run`` must not load the
+# emulator or its extra dependencies (trustme, cryptography), which the production image lacks.
+EMULATOR_COMMANDS = frozenset({"demo", "emulator"})
+EMULATOR_EXTRA = "metacollector[emulator]"
+EMULATOR_EXTRA_MODULES = frozenset({"trustme", "cryptography"})
+
+
+def _command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line (the first word not starting with '-')."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the emulator's own flags are added only when ``argv`` names its command."""
     parser = argparse.ArgumentParser(
         prog="metacollector",
         description="Central Kubernetes metadata collector for Falco's k8smeta plugin.",
@@ -90,9 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     emulator = sub.add_parser("emulator", help="run the Kubernetes API server emulator")
-    from metacollector.emulator.main import add_arguments
+    if _command(argv) == "emulator":
+        from metacollector.emulator.main import add_arguments
 
-    add_arguments(emulator)
+        add_arguments(emulator)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -123,19 +138,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _missing_extra(exc: ModuleNotFoundError) -> int:
+    """One line naming the extra to install; any other missing module is a real error."""
+    if exc.name not in EMULATOR_EXTRA_MODULES:
+        raise exc
+    print(
+        f"metacollector: error: the emulator needs the module {exc.name!r}: "
+        f"pip install '{EMULATOR_EXTRA}'",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except ModuleNotFoundError as exc:  # `emulator`'s flags import the emulator
+        return _missing_extra(exc)
     if args.command == "version":
         print(f"metacollector {__version__}")
         return 0
-    if args.command == "emulator":
-        from metacollector.emulator.main import main as emulator_main
-
-        return emulator_main(args)
-    if args.command == "demo":
-        from metacollector.demo import run_demo
-
-        return run_demo(args)
+    if args.command in EMULATOR_COMMANDS:
+        try:
+            if args.command == "emulator":
+                from metacollector.emulator.main import main as command
+            else:
+                from metacollector.demo import run_demo as command
+        except ModuleNotFoundError as exc:
+            return _missing_extra(exc)
+        return command(args)
     try:
         settings = settings_from_args(args)
     except SettingsError as exc:

@@ -1,8 +1,8 @@
 """Keep the cyclic garbage collector away from the long-lived cluster state.
 
 A synced collector holds millions of tracked objects (150,000 pods and their metadata). Every
-full collection traverses all of them: a pause of a second or more, and ~20% of the reducer's
-time in the collections before it. ``freeze_heap`` moves what exists now into the permanent
+full collection traverses all of them, a pause that stalls every stream (figures: bench/README.md,
+"Figures behind code comments"). ``freeze_heap`` moves what exists now into the permanent
 generation (``gc.freeze``), so collections only look at objects made since; objects that die
 later are still freed by reference counting, which is how almost all of them go.
 
@@ -14,8 +14,8 @@ a hundred times rarer (cyclic garbage, such as a closed connection's, still goes
 The young generations are collected on a clock (``collect_young``): their automatic trigger
 counts allocations minus deallocations, and with thousands of connections each waiting for
 seconds, every wake-up frees the old wait's objects while making new ones, so the count stays
-low while the young generation grows to ~100,000 objects; the collection that finally came was
-a 50-110 ms pause (measured with 5,000 subscribers).
+low while the young generation grows to tens of thousands of objects, and the collection that
+finally comes is a long pause (measured with 5,000 subscribers: bench/README.md, Scale, run 6).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from collections.abc import Callable
 import trio
 
 # After the freeze, a full collection only once in this many generation-1 collections (the
-# default is 10): with ~5,000 subscribers' connections made after the freeze, one takes 100-250
-# ms at 150,000 pods, which stalls every stream.
+# default is 10): with thousands of subscribers' connections made after the freeze, each one
+# stalls every stream (bench/README.md, Scale).
 FULL_COLLECTION_EVERY = 1000
 
 
 # Seconds between collections of the young generations: each then sees what a quarter second
-# made (a few thousand objects at most here, a millisecond or two), never a backlog.
+# made, never a backlog.
 YOUNG_COLLECTION_INTERVAL = 0.25
 
 

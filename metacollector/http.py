@@ -52,19 +52,14 @@ class StartupError(Exception):
 class Readiness:
     """What ``/readyz`` consults: named checks, each returning True or the reason it fails.
 
-    The app registers one check per condition, e.g.::
+    The app registers one check per condition (see ``app.serve``)::
 
-        readiness = Readiness(grace_period=10.0)
-        readiness.add_check("reflectors", relist_check(reflectors, readiness.grace_period))
+        readiness = Readiness()
+        readiness.add_check("reflectors", relist_check(reflectors, grace=10.0))
         readiness.add_check("grpc", lambda: grpc_listening or "gRPC port not listening")
-
-    ``grace_period`` is the time a relist may take before the process reports not ready (a
-    short relist after a 410 keeps serving the last good state, so it should not flap the
-    probe); :func:`relist_check` implements that rule.
     """
 
-    def __init__(self, grace_period: float = 10.0) -> None:
-        self.grace_period = grace_period
+    def __init__(self) -> None:
         self.checks: dict[str, Callable[[], bool | str]] = {}
 
     def add_check(self, name: str, check: Callable[[], bool | str]) -> None:
@@ -102,8 +97,9 @@ def _reflector_name(reflector: object, index: int) -> str:
 
 
 def relist_check(reflectors: Iterable[ReflectorState], grace: float) -> Callable[[], bool | str]:
-    """A readiness check: every reflector has synced, and none has been relisting for longer
-    than ``grace`` seconds (trio clock)."""
+    """The readiness rule: every reflector has synced, and none has been relisting for longer
+    than ``grace`` seconds (trio clock). A short relist after a 410 keeps serving the last good
+    state, so it does not flap the probe."""
     items = list(reflectors)
 
     def check() -> bool | str:

@@ -20,7 +20,7 @@ from metacollector.changes import ObjectChange
 from metacollector.departures import DepartureLog
 from metacollector.model import KINDS, Object
 from metacollector.reducer import ChangeType, Reducer
-from metacollector.subscriptions import Mailbox, Subscriptions
+from metacollector.subscriptions import Mailbox, Outgoing, Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +84,10 @@ class Hub:
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
         self.subscriptions.unsubscribe(mailbox)
+
+    def subscriber_count(self, node: str) -> int:
+        return self.subscriptions.subscriber_count(node)
+
+    def take(self, mailbox: Mailbox, max_bytes: int) -> list[Outgoing]:
+        """The next messages for ``mailbox``'s subscriber, from the current state."""
+        return mailbox.take(self.state, max_bytes)

@@ -35,6 +35,7 @@ from metacollector.emulator.store import (
     Obj,
     Store,
 )
+from metacollector.kube.resources import INITIAL_EVENTS_END
 
 log = logging.getLogger("metacollector.emulator")
 _current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
@@ -43,7 +44,6 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 WATCH_BATCH = 256  # events written with one send when a watcher has several queued
 PARTIAL = "as=PartialObjectMetadata"
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 @dataclass

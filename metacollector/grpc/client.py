@@ -18,8 +18,8 @@ import trio
 
 from metacollector.grpc.framing import MessageDecoder, encode_message
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS
 
-FALCO_KINDS = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
 WINDOW = 16 * 1024 * 1024
 
 

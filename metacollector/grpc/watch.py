@@ -52,13 +52,13 @@ class WatchService:
                 "watch refused: node binding", extra={"node": node, "peer": peer, "why": denied}
             )
             raise GrpcError(Status.PERMISSION_DENIED, denied)
-        subscribers = self.hub.subscriptions.by_node.get(node, ())
-        if len(subscribers) >= self.max_subscribers_per_node:
+        subscribers = self.hub.subscriber_count(node)
+        if subscribers >= self.max_subscribers_per_node:
             metrics.LIMIT_HITS.labels("subscribers_per_node").inc()
             log.warning("watch refused: too many subscribers", extra={"node": node})
             raise GrpcError(
                 Status.RESOURCE_EXHAUSTED,
-                f"node {node!r} already has {len(subscribers)} subscribers",
+                f"node {node!r} already has {subscribers} subscribers",
             )
         kinds = selected_kinds(selector.resourceKinds)
         subscriber = next(_subscriber_ids)
@@ -73,13 +73,13 @@ class WatchService:
         def ready() -> None:
             wakeup.set()
 
-        mailbox.on_ready = ready
+        mailbox.wake_with(ready)
         try:
             while True:
-                if not mailbox.dirty:
+                if not mailbox.has_pending():
                     wakeup = trio.Event()
                     await wakeup.wait()
-                batch = mailbox.take(self.hub.state, BATCH_BYTES)
+                batch = self.hub.take(mailbox, BATCH_BYTES)
                 if not batch:
                     continue
                 await stream.send_messages([sent.message for sent in batch])
@@ -88,7 +88,7 @@ class WatchService:
                     _dispatched(sent.kind, sent.reason).inc()
                     metrics.SEND_LATENCY.observe(now - sent.marked_at)
         finally:
-            mailbox.on_ready = None
+            mailbox.wake_with(None)
             self.hub.unsubscribe(mailbox)
             metrics.SUBSCRIBERS.dec()
             log.info("stream deleted", extra={"node": node, "subscriber": subscriber})

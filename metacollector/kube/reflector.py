@@ -22,7 +22,7 @@ import trio
 from metacollector import metrics
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.config import KubeConfigError
-from metacollector.kube.resources import Resource
+from metacollector.kube.resources import INITIAL_EVENTS_END, Resource
 from metacollector.kube.shapes import (
     Reason,
     accepted_kinds,
@@ -42,8 +42,6 @@ from metacollector.kube.stream import (
 )
 
 log = logging.getLogger("metacollector.kube.reflector")
-
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 class _Meta(Protocol):
@@ -86,7 +84,7 @@ class APIError(Exception):
     """Any other failed request or broken stream: back off and retry."""
 
 
-class MalformedLine(Exception):
+class MalformedResponse(Exception):
     """A watch line that is not a watch event, or a list page that is not a list: start again
     (the watch from the last good rv, the list from its first page) after a backoff."""
 
@@ -216,7 +214,7 @@ class Reflector(Generic[T]):
                 if delay < 1:
                     delay = max(delay, self.backoff.next(trio.current_time(), self.rng))
                 why = "throttled"
-            except MalformedLine as exc:
+            except MalformedResponse as exc:
                 if self.rv != progress_mark:
                     self.backoff.reset()
                 delay, why = self.backoff.next(trio.current_time(), self.rng), "malformed"
@@ -297,11 +295,11 @@ class Reflector(Generic[T]):
 
     def _page_items(self, content: bytes, error: Exception) -> tuple[Any, list[Any]]:
         """A list page whose items did not all decode: the page, and the items that did (the
-        others refused). A page that is not a list at all is a MalformedLine."""
+        others refused). A page that is not a list at all is a MalformedResponse."""
         try:
             page = self._raw_page.decode(content)
         except (msgspec.DecodeError, UnicodeDecodeError):
-            raise MalformedLine(f"list page: {error}") from None
+            raise MalformedResponse(f"list page: {error}") from None
         decoded = []
         for raw in page.items or ():
             try:
@@ -309,7 +307,7 @@ class Reflector(Generic[T]):
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 reason = undecodable(bytes(raw))
                 if reason is None:  # corrupt bytes, not a shape: fetch the page again
-                    raise MalformedLine(f"list page: {error}") from None
+                    raise MalformedResponse(f"list page: {error}") from None
                 self._refuse(reason, error=str(exc)[:200])
         return page, decoded
 
@@ -398,7 +396,7 @@ class Reflector(Generic[T]):
                         if not rv:
                             self._refuse(Reason.BOOKMARK_WITHOUT_RV)
                             if end:  # the list cannot be resumed from nowhere: list again
-                                raise MalformedLine("initial-events-end bookmark without an rv")
+                                raise MalformedResponse("initial-events-end bookmark without an rv")
                         elif end:
                             assert pending is not None
                             await self._replace(pending, rv)
@@ -414,9 +412,9 @@ class Reflector(Generic[T]):
                             f"watch ERROR {status.code} {status.reason}: {status.message}"
                         )
                     if event.type not in ("ADDED", "MODIFIED", "DELETED"):
-                        raise MalformedLine(f"unknown event type {event.type!r}")
+                        raise MalformedResponse(f"unknown event type {event.type!r}")
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                    raise MalformedLine(f"{exc}: {line[:200]!r}") from None
+                    raise MalformedResponse(f"{exc}: {line[:200]!r}") from None
                 if missing(event.object):
                     self._refuse(Reason.NO_OBJECT, type=event.type)
                     continue
@@ -425,7 +423,7 @@ class Reflector(Generic[T]):
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     reason = undecodable(bytes(event.object))
                     if reason is None:  # corrupt bytes, not a shape: watch again
-                        raise MalformedLine(f"{exc}: {line[:200]!r}") from None
+                        raise MalformedResponse(f"{exc}: {line[:200]!r}") from None
                     self._refuse(reason, error=str(exc)[:200])
                     continue
                 obj = self._accept(checked)

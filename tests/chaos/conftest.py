@@ -1,68 +1,21 @@
 """The whole pipeline under faults: emulator -> collector -> grpcio subscribers + a CloudEvents
 receiver, with churn running; afterwards every subscriber's table must equal view(node) and the
-receiver's final states must equal the cluster's objects."""
+receiver's final states must equal the cluster's objects (the harness: tests/support/chaos.py)."""
 
 from __future__ import annotations
 
-import resource
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import trio
 
-from metacollector.emulator.churn import run_churn
-from metacollector.model import KINDS
 from metacollector.settings import BindAddress, Settings
-from tests.cloudevents.receiver import Receiver, start_receiver
-from tests.e2e.conftest import Env, start_env
-from tests.e2e.grpc_watch import GrpcWatch
-from tests.e2e.scenarios import converged
+from metacollector.testing.receiver import start_receiver
+from tests.support.chaos import Chaos
+from tests.support.env import start_env
+from tests.support.scenarios import converged
 
 NODES = 6
-
-
-@dataclass
-class Chaos:
-    env: Env
-    receiver: Receiver
-    watches: list[GrpcWatch]
-
-    async def churn(self, seconds: float, rate: float = 40) -> None:
-        await run_churn(self.env.cluster.client, rate, duration=seconds)
-
-    async def check(self, timeout: float = 30) -> dict[str, Any]:
-        """Every subscriber converged; the sink holds every object's final state."""
-        for w in self.watches:
-            await converged(self.env, w, timeout)
-        objects = await self.env.cluster.objects()
-        expected = {
-            uid: (kind, obj.metadata.name, obj.metadata.labels or None)
-            for kind in KINDS
-            for uid, obj in objects[kind].items()
-        }
-
-        def received() -> dict[str, tuple[str, str, dict[str, str] | None]]:
-            final = self.receiver.final
-            return {
-                u: (d["kind"], d["meta"]["name"], d["meta"].get("labels") or None)
-                for u, d in final.items()
-                if d != "deleted"
-            }
-
-        # The sink delivers asynchronously (and later than the gRPC streams under load): wait
-        # for the last state of every object, not just for every object to be there.
-        with trio.move_on_after(timeout):
-            while received() != expected:
-                await trio.sleep(0.1)
-        assert set(received()) == set(expected)
-        assert received() == expected
-        return {
-            "subscribers": len(self.watches),
-            "objects": len(expected),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-        }
 
 
 @pytest.fixture

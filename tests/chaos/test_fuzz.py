@@ -25,9 +25,9 @@ from metacollector.grpc.watch import WatchService
 from metacollector.hub import Hub
 from metacollector.kube.stream import LineTooLong, TruncatedLine, WatchDecoder, decode_event
 from metacollector.proto import metadata_pb2 as pb
-from tests.core import builders as b
-from tests.core import oracle
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.grpc_watch import GrpcWatch
 
 
 class Served:
@@ -171,11 +171,14 @@ def test_healthy_subscriber_exact_and_memory_bounded_under_fuzz(served: Served) 
     expected = oracle.view(
         served.hub.state.by_kind(), "n1", frozenset({"Pod", "Namespace", "Service"})
     )
-    deadline = time.monotonic() + 10
-    while healthy.current != expected and time.monotonic() < deadline:
+    # every fuzzed stream is cleaned up (the server notices closed connections asynchronously)
+    deadline = time.monotonic() + 20
+    while (
+        healthy.current != expected or served.hub.subscriptions.count() != 1
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert healthy.current == expected and healthy.error is None
-    assert served.hub.subscriptions.count() == 1  # every fuzzed stream was cleaned up
+    assert served.hub.subscriptions.count() == 1
     healthy.close()
 
 

@@ -18,7 +18,7 @@ from metacollector.cloudevents import (
     settings_from_env,
 )
 from metacollector.model import KINDS
-from tests.cloudevents.receiver import Receiver, data_of, start_receiver
+from metacollector.testing.receiver import Receiver, data_of, start_receiver
 
 SUBJECTS = {
     "Pod": "/api/v1/namespaces/shop/pods/obj-pod",
@@ -85,8 +85,7 @@ async def test_every_kind_and_reason_mapped_exactly(nursery: trio.Nursery, mode:
             c = change(kind, reason, uid=f"{kind}-{reason}", labels={"app": "web"})
             sent.append(c)
             sink.offer(c)
-            await trio.sleep(0.02)  # distinct uids, no coalescing; keep them ordered
-    await deliver_all(receiver, sink, len(sent))
+            await deliver_all(receiver, sink, len(sent))  # one at a time: kept in order
     by_uid = {data_of(e)["uid"]: e for e in receiver.events}
     for c in sent:
         e = by_uid[c.uid]
@@ -172,16 +171,20 @@ async def test_429_retry_after_is_honoured(nursery: trio.Nursery) -> None:
 
 
 async def test_400_is_not_retried(nursery: trio.Nursery) -> None:
-    receiver = await start_receiver(nursery, respond=lambda e: (400, {}))
+    receiver = await start_receiver(
+        nursery, respond=lambda e: (400, {}) if data_of(e)["uid"] == "bad" else (202, {})
+    )
     sink = CloudEventsSink(settings(receiver, senders=1))
     await nursery.start(sink.run)
     failed = metrics.CE_FAILED.labels("http_4xx")._value.get()
-    sink.offer(change("Service"))
+    sink.offer(change("Service", uid="bad"))
     with trio.fail_after(5):
         while metrics.CE_FAILED.labels("http_4xx")._value.get() == failed:
             await trio.sleep(0.01)
-    await trio.sleep(0.3)
-    assert len(receiver.requests) == 1
+    sink.offer(change("Service", uid="control"))  # delivered after any retry of "bad" would be
+    await deliver_all(receiver, sink, 1)
+    assert [data_of(e)["uid"] for e in receiver.events] == ["control"]
+    assert len(receiver.requests) == 2
 
 
 async def test_slow_receiver_never_blocks_offer(nursery: trio.Nursery) -> None:
@@ -229,6 +232,7 @@ async def test_overrides_and_filters_applied(nursery: trio.Nursery) -> None:
             overrides={"cluster": "prod"},
             kinds=frozenset({"Pod"}),
             namespaces=frozenset({"shop"}),
+            senders=1,
         )
     )
     await nursery.start(sink.run)
@@ -236,10 +240,10 @@ async def test_overrides_and_filters_applied(nursery: trio.Nursery) -> None:
     from dataclasses import replace
 
     sink.offer(replace(change("Pod", uid="elsewhere"), namespace="other"))  # filtered by namespace
-    sink.offer(change("Pod", uid="kept"))
+    sink.offer(change("Pod", uid="kept"))  # the control, offered after the filtered ones
     await deliver_all(receiver, sink, 1)
-    await trio.sleep(0.2)
     assert [data_of(e)["uid"] for e in receiver.events] == ["kept"]
+    assert len(receiver.requests) == 1
     assert receiver.events[0].get_extension("cluster") == "prod"
 
 
@@ -248,7 +252,7 @@ async def test_end_to_end_from_cluster_changes(nursery: trio.Nursery) -> None:
     from metacollector.emulator.harness import running_emulator
     from metacollector.kube.config import load_kubeconfig
     from metacollector.settings import BindAddress, Settings
-    from tests.e2e.cluster import Cluster
+    from tests.support.cluster import Cluster
 
     receiver = await start_receiver(nursery)
     async with running_emulator(nodes=2, pods_per_node=3) as emu:

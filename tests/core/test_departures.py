@@ -17,9 +17,9 @@ from metacollector.proto import metadata_pb2 as pb
 from metacollector.reducer import ChangeType, Reducer
 from metacollector.state import Key
 from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
-from tests.core import builders as b
-from tests.core import oracle
-from tests.core.test_convergence import kind_sets, other_change, pod_change
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.strategies import kind_sets, other_change, pod_change
 
 NODES = ("n1", "n2", "n3")
 

@@ -18,7 +18,7 @@ from metacollector.render import (
     render_refs,
     render_status,
 )
-from tests.core import builders as b
+from tests.support import builders as b
 
 
 def test_pod_meta_status_refs_exact() -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from metacollector.proto import metadata_pb2 as pb
-from tests.core import builders as b
-from tests.core import oracle
-from tests.core.harness import Core, Subscriber
-
-FALCO_KINDS = ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
+from metacollector.subscriptions import FALCO_KINDS
+from tests.support import builders as b
+from tests.support import oracle
+from tests.support.harness import Core, Subscriber
 
 
 def refs_of(ev: pb.Event) -> dict[str, list[str]]:
@@ -145,8 +144,17 @@ def test_initial_sync_exact_for_node() -> None:
 
 def test_daemonset_only_for_subscribers_asking_for_it() -> None:
     core = cluster()
-    sub = core.subscribe("n1", [*FALCO_KINDS, "DaemonSet"])
-    assert ("DaemonSet", "ds-agent") in {(e.kind, e.uid) for e in core.drain(sub)}
+    asking = core.subscribe("n1", [*FALCO_KINDS, "DaemonSet"])
+    falco = core.subscribe("n1", FALCO_KINDS)  # what Falco asks for: no DaemonSet
+    assert ("DaemonSet", "ds-agent") in {(e.kind, e.uid) for e in core.drain(asking)}
+    synced = core.drain(falco)
+    assert ("Pod", "pod-ds-0") in {(e.kind, e.uid) for e in synced}  # the DaemonSet's pod
+    assert "DaemonSet" not in {e.kind for e in synced}
+    # a DaemonSet change reaches the subscriber asking for it (the control), not the other
+    relabeled = b.metadata_only("DaemonSet", "agent", "ds-agent", "kube-system", {"v": "2"})
+    core.apply("MODIFIED", "DaemonSet", relabeled)
+    assert [(e.reason, e.uid) for e in core.drain(asking)] == [("Update", "ds-agent")]
+    assert core.drain(falco) == []
 
 
 def test_unknown_node_and_unknown_kinds_get_nothing() -> None:

@@ -29,11 +29,11 @@ import trio
 
 from metacollector.emulator.churn import run_churn
 from metacollector.subscriptions import selected_kinds
-from tests.e2e.cluster import Cluster, workload
-from tests.e2e.conftest import REAL_KUBECONFIG
-from tests.e2e.grpc_watch import FALCO_KINDS, GrpcWatch
-from tests.e2e.k8smeta_client import K8smetaClient
-from tests.e2e.test_process import free_port
+from metacollector.testing import free_port
+from tests.support.cluster import Cluster, workload
+from tests.support.env import REAL_KUBECONFIG
+from tests.support.grpc_watch import FALCO_KINDS, GrpcWatch
+from tests.support.k8smeta_client import K8smetaClient
 
 pytestmark = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="runs collector processes against the emulator"
@@ -264,7 +264,7 @@ class Lifecycle:
 
 
 def _owner(obj: dict[str, Any]) -> dict[str, Any]:
-    from tests.e2e.cluster import owner_ref
+    from tests.support.cluster import owner_ref
 
     return owner_ref(obj)
 

@@ -9,9 +9,9 @@ import trio
 import trustme
 
 from metacollector import metrics
-from tests.e2e.conftest import client_credentials, needs_emulator, start_env, tls_settings
-from tests.e2e.grpc_watch import GrpcWatch
-from tests.e2e.scenarios import converged
+from tests.support.env import client_credentials, needs_emulator, start_env, tls_settings
+from tests.support.grpc_watch import GrpcWatch
+from tests.support.scenarios import converged
 
 pytestmark = needs_emulator
 

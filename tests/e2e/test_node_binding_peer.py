@@ -12,8 +12,7 @@ from metacollector.binding import NodeBinding, peer_may_watch
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.settings import BindAddress, Settings
-from tests.e2e.conftest import Env, needs_emulator
-from tests.security.env import environment
+from tests.support.env import Env, environment, needs_emulator
 
 pytestmark = needs_emulator
 

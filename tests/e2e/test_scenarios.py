@@ -8,10 +8,9 @@ import logging
 import pytest
 import trio
 
-from tests.e2e.conftest import Env
-from tests.e2e.scenarios import build, converged
-
-FALCO = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
+from metacollector.subscriptions import FALCO_KINDS
+from tests.support.env import Env
+from tests.support.scenarios import build, converged
 
 
 def refs(event) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
@@ -29,8 +28,9 @@ async def test_subscribe_unsubscribe_logs(env: Env, caplog: pytest.LogCaptureFix
     caplog.set_level(logging.INFO, logger="metacollector")
     for i in range(5):
         w = env.watch(f"node-{i}")
-        await w.wait_for(lambda w: w.call.is_active(), 5)
-        await trio.sleep(0.1)
+        with trio.fail_after(5):  # subscribed
+            while env.collector.hub.subscriber_count(f"node-{i}") == 0:
+                await trio.sleep(0.01)
         w.close()
         with trio.fail_after(5):
             while not any(
@@ -52,7 +52,7 @@ async def test_subscribe_unsubscribe_logs(env: Env, caplog: pytest.LogCaptureFix
 async def test_initial_sync_exact(env: Env) -> None:
     s = await build(env)
     node = s.nodes[0]
-    w = env.watch(node, FALCO)
+    w = env.watch(node, FALCO_KINDS)
     await converged(env, w)
     uids = {e.uid: e.kind for e in w.current.values()}
     assert uids == {
@@ -94,10 +94,17 @@ async def test_initial_sync_exact(env: Env) -> None:
 
 
 async def test_unknown_node_gets_nothing(env: Env) -> None:
-    await build(env)
-    w = env.watch("no-such-node")
-    await trio.sleep(1)
-    assert w.events == [] and w.error is None
+    s = await build(env)
+    w, control = env.watch("no-such-node"), env.watch(s.nodes[0])
+    await converged(env, control)
+    hub = env.collector.hub
+    with trio.fail_after(10):  # the unknown node's stream is open and subscribed
+        while hub.subscriber_count("no-such-node") == 0:
+            await trio.sleep(0.01)
+    n = len(control.events)
+    await env.cluster.patch("Pod", s.ns, "bare", {"metadata": {"labels": {"x": "1"}}})
+    await control.wait_for(lambda c: len(c.events) == n + 1)  # the change went out ...
+    assert w.events == [] and w.error is None  # ... and not to the unknown node
 
 
 async def test_relabel_ip_and_status_churn(env: Env) -> None:
@@ -123,8 +130,11 @@ async def test_relabel_ip_and_status_churn(env: Env) -> None:
         "status",
     )
     await env.cluster.patch("Pod", s.ns, "bare", {"metadata": {"annotations": {"a": "b"}}})
-    await w.wait_quiet(0.5)
-    assert len(w.events) == n + 2
+    # phase, conditions and annotations are not sent: a relabel after them (the control) is
+    # the next event
+    await env.cluster.patch("Pod", s.ns, "bare", {"metadata": {"labels": {"x": "2"}}})
+    await w.wait_for(lambda w: len(w.events) >= n + 3)
+    assert len(w.events) == n + 3 and json.loads(w.events[-1].meta)["labels"] == {"x": "2"}
     await converged(env, w)
 
 
@@ -136,8 +146,12 @@ async def test_second_subscriber_same_node(env: Env) -> None:
     second = env.watch(s.nodes[0])
     await converged(env, second)
     assert len(second.events) == n and all(e.reason == "Create" for e in second.events)
-    await first.wait_quiet(0.3)
-    assert len(first.events) == n
+    # the second subscriber's sync sent the first nothing: a change (the control) is the next
+    # event both receive
+    await env.cluster.patch("Pod", s.ns, "bare", {"metadata": {"labels": {"x": "1"}}})
+    await first.wait_for(lambda w: len(w.events) >= n + 1)
+    await second.wait_for(lambda w: len(w.events) >= n + 1)
+    assert [(e.reason, e.uid) for e in first.events[n:]] == [("Update", s.uid("bare"))]
 
 
 async def test_pod_deleted_releases_what_only_it_referenced(env: Env) -> None:
@@ -223,7 +237,7 @@ async def test_service_selector_matches_nothing(env: Env) -> None:
 
 async def test_falco_selector_receives_replicationcontrollers(env: Env) -> None:
     s = await build(env)
-    w = env.watch(s.nodes[0], FALCO)
+    w = env.watch(s.nodes[0], FALCO_KINDS)
     await converged(env, w)
     assert w.current[s.uid("rc")].kind == "ReplicationController"
     await env.cluster.patch(

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from metacollector.grpc.client import open_watch
-from tests.e2e.conftest import Env, needs_emulator
-from tests.e2e.scenarios import build, converged
+from tests.support.env import Env, needs_emulator
+from tests.support.scenarios import build, converged
 
 pytestmark = needs_emulator
 STAMP = "stamp"

@@ -3,62 +3,21 @@ METACOLLECTOR_TEST_KUBECONFIG (then emulator-only features are skipped with a re
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
 import pytest
 
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.harness import running_emulator
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
-
-REAL = os.environ.get("METACOLLECTOR_TEST_KUBECONFIG")
-emulator_only = pytest.mark.skipif(
-    bool(REAL), reason="fault injection and /admin exist only in the emulator"
-)
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    emulator: EmulatorHandle | None
-
-    def ns(self) -> str:
-        return f"t-{uuid.uuid4().hex[:8]}"
-
-    async def create_ns(self) -> str:
-        name = self.ns()
-        r = await self.client.post("/api/v1/namespaces", json={"metadata": {"name": name}})
-        assert r.status_code == 201, r.text
-        return name
-
-    async def pod(
-        self, ns: str, name: str, node: str = "node-a", labels: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        r = await self.client.post(
-            f"/api/v1/namespaces/{ns}/pods",
-            json={
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "labels": labels or {}},
-                "spec": {
-                    "nodeName": node,
-                    "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}],
-                },
-            },
-        )
-        assert r.status_code == 201, r.text
-        return r.json()  # type: ignore[no-any-return]
+from tests.support.emulator_api import Api
+from tests.support.env import REAL_KUBECONFIG
 
 
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:
-    if REAL:
-        async with make_client(load_kubeconfig(REAL)) as client:
+    if REAL_KUBECONFIG:
+        async with make_client(load_kubeconfig(REAL_KUBECONFIG)) as client:
             yield Api(client, None)
         return
     async with (

@@ -6,43 +6,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from metacollector.emulator.harness import running_emulator
-from tests.emulator.conftest import Api, emulator_only
+from tests.support.emulator_api import MERGE, SMP, Api, watch_lines
+from tests.support.env import needs_emulator as emulator_only
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-MERGE = {"Content-Type": "application/merge-patch+json"}
-SMP = {"Content-Type": "application/strategic-merge-patch+json"}
-
-
-async def watch_lines(
-    client: httpx.AsyncClient,
-    path: str,
-    params: dict[str, str],
-    n: int,
-    timeout: float = 5,
-    headers: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    with trio.move_on_after(timeout):
-        async with client.stream(
-            "GET", path, params={"watch": "1", **params}, headers=headers or {}
-        ) as r:
-            assert r.status_code == 200, await r.aread()
-            buf = b""
-            async for chunk in r.aiter_bytes():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    out.append(json.loads(line))
-                    if len(out) >= n:
-                        return out
-    return out
 
 
 @emulator_only
@@ -322,7 +295,10 @@ async def test_watch_expiry_both_forms(api: Api) -> None:
     current = (await api.client.get("/api/v1/pods")).json()["metadata"]["resourceVersion"]
 
     async def compact_soon() -> None:
-        await trio.sleep(0.3)
+        store = api.emulator.emulator.store  # type: ignore[union-attr]
+        with trio.fail_after(10):  # once the watch below is open
+            while not store.watchers["pods"]:
+                await trio.sleep(0.01)
         await api.emulator.admin("/admin/compact")  # type: ignore[union-attr]
 
     async with trio.open_nursery() as n:
@@ -450,7 +426,9 @@ async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
             stdout=-1,
             env=env,
         )  # type: ignore[list-item]
-        await trio.sleep(1)
+        with trio.fail_after(30):  # kubectl's watch is open
+            while not emu.emulator.store.watchers["pods"]:
+                await trio.sleep(0.05)
         assert "pod/kc created" in await kubectl("create", "-f", str(manifest))
         assert "labeled" in await kubectl("label", "pod", "kc", "-n", "team-0", "color=blue")
         assert "color=blue" in await kubectl("get", "pod", "kc", "-n", "team-0", "--show-labels")

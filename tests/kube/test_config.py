@@ -274,7 +274,7 @@ async def test_exec_plugin_runs_once_for_concurrent_requests_and_again_on_401(
     import trio
 
     from metacollector.emulator.harness import running_emulator
-    from tests.kube.conftest import counting_plugin, exec_kubeconfig
+    from tests.support.kube import counting_plugin, exec_kubeconfig
 
     async with running_emulator(nodes=1, pods_per_node=2) as emu:
         token_file = tmp_path / "token"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from metacollector.emulator.harness import EmulatorHandle, running_emulator
@@ -17,7 +18,8 @@ from metacollector.kube.config import load_kubeconfig
 from metacollector.kube.reflector import Backoff, Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES
-from tests.kube.conftest import counting_plugin, exec_kubeconfig, needs_emulator
+from tests.support.env import needs_emulator
+from tests.support.kube import counting_plugin, exec_kubeconfig
 
 pytestmark = needs_emulator
 PODS = next(r for r in RESOURCES if r.kind == "Pod")
@@ -104,20 +106,31 @@ async def test_initial_list_paginates_and_syncs(emu: EmulatorHandle, nursery: tr
     assert mirror.reflector.relists == 0
 
 
-async def test_dropped_connection_resumes_without_relist(
-    emu: EmulatorHandle, nursery: trio.Nursery
+@pytest.mark.parametrize(
+    ("faults", "changes", "restarts"),
+    [({"drop_watch_after": 3}, 20, 3), ({"malformed_lines": 2}, 6, 1)],
+    ids=["dropped-connection", "malformed-line"],
+)
+async def test_watch_fault_resumes_without_relist(
+    emu: EmulatorHandle,
+    nursery: trio.Nursery,
+    faults: dict[str, int],
+    changes: int,
+    restarts: int,
 ) -> None:
     mirror = await start(nursery, emu)
-    await emu.set_faults(drop_watch_after=3)
-    await churn(emu, 20, "drop")
+    await emu.set_faults(**faults)
+    await churn(emu, changes, next(iter(faults)).replace("_", "-"))
     await converged(emu, mirror)
     assert mirror.reflector.relists == 0
-    assert mirror.reflector.watch_restarts >= 3
+    assert mirror.reflector.watch_restarts >= restarts
 
 
 async def test_in_band_410_relists_once(emu: EmulatorHandle, nursery: trio.Nursery) -> None:
     mirror = await start(nursery, emu)
-    await trio.sleep(0.3)  # the watch is open
+    with trio.fail_after(10):  # the watch is open
+        while not emu.emulator.store.watchers["pods"]:
+            await trio.sleep(0.01)
     await emu.admin("/admin/compact")
     await churn(emu, 5, "after-compaction")
     await converged(emu, mirror)
@@ -154,17 +167,6 @@ async def test_429_storm_and_500s_back_off_and_recover(
     await churn(emu, 3, "errors")
     await converged(emu, mirror)
     assert mirror.reflector.relists == 0
-
-
-async def test_malformed_line_restarts_watch_without_relist(
-    emu: EmulatorHandle, nursery: trio.Nursery
-) -> None:
-    mirror = await start(nursery, emu)
-    await emu.set_faults(malformed_lines=2)
-    await churn(emu, 6, "garbled")
-    await converged(emu, mirror)
-    assert mirror.reflector.relists == 0
-    assert mirror.reflector.watch_restarts >= 1
 
 
 async def test_new_resource_version_epoch(emu: EmulatorHandle, nursery: trio.Nursery) -> None:

@@ -452,7 +452,7 @@ def test_ports_probes_and_flags_agree_with_cli(helm: Path, source: str) -> None:
             if action.choices:
                 assert value in action.choices, (name, value)
         else:
-            assert action.nargs == 0, f"{name} needs a value"
+            assert action.nargs in (0, "?"), f"{name} needs a value"
         values[name] = value
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == PORTS

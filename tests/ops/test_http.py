@@ -250,8 +250,8 @@ async def test_relist_check_allows_a_relist_shorter_than_the_grace(
     services.relisting_since = None
     assert check() is True
 
-    readiness = Readiness(grace_period=3)
-    readiness.add_check("reflectors", relist_check([pods], readiness.grace_period))
+    readiness = Readiness()
+    readiness.add_check("reflectors", relist_check([pods], grace=3))
     pods.relisting_since = trio.current_time()
     mock_clock.jump(4)
     assert readiness.status() == (False, {"reflectors": "pods: relisting for 4s"})

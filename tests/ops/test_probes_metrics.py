@@ -14,7 +14,7 @@ from metacollector.emulator.harness import EmulatorHandle, running_emulator
 from metacollector.http import StartupError
 from metacollector.kube.config import load_kubeconfig
 from metacollector.settings import BindAddress, Settings
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.support.grpc_watch import GrpcWatch
 
 
 @pytest.fixture

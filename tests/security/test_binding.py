@@ -5,10 +5,14 @@ from __future__ import annotations
 import pytest
 
 from metacollector.binding import NodeBinding, parse_ip, peer_may_watch, refusal
+from metacollector.cli import build_parser, settings_from_args
 from metacollector.reducer import Reducer
 from metacollector.state import ClusterState
-from tests.core.builders import pod
-from tests.test_cli import run_settings
+from tests.support.builders import pod
+
+
+def run_settings(*argv: str):  # type: ignore[no-untyped-def]
+    return settings_from_args(build_parser().parse_args(["run", *argv]))
 
 
 def cluster() -> ClusterState:

@@ -10,11 +10,10 @@ import trustme
 
 from metacollector import metrics
 from metacollector.settings import BindAddress, Settings
-from tests.e2e.conftest import Env, needs_emulator
-from tests.e2e.grpc_watch import GrpcWatch
-from tests.e2e.scenarios import converged
-from tests.security.env import environment
-from tests.security.secret_volume import SecretVolume
+from tests.support.env import Env, environment, needs_emulator
+from tests.support.grpc_watch import GrpcWatch
+from tests.support.scenarios import converged
+from tests.support.secret_volume import SecretVolume
 
 pytestmark = needs_emulator
 

@@ -14,10 +14,9 @@ import trio
 
 from metacollector import metrics
 from metacollector.emulator.store import Event, Store, Stored
-from tests.e2e.conftest import Env, needs_emulator
-from tests.e2e.grpc_watch import GrpcWatch
-from tests.e2e.scenarios import converged
-from tests.security.env import environment
+from tests.support.env import Env, environment, needs_emulator
+from tests.support.grpc_watch import GrpcWatch
+from tests.support.scenarios import converged
 
 pytestmark = needs_emulator
 

@@ -10,7 +10,7 @@ import trustme
 from metacollector import metrics
 from metacollector.grpc.server import server_ssl_context
 from metacollector.tlsreload import Reloaded
-from tests.security.secret_volume import SecretVolume
+from tests.support.secret_volume import SecretVolume
 
 
 def server_files(ca: trustme.CA) -> dict[str, bytes]:

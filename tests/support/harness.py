@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from metacollector.model import Object
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.reducer import ChangeType, Reducer
-from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
+from metacollector.subscriptions import FALCO_KINDS, Mailbox, Subscriptions, selected_kinds
 
 
 @dataclass
@@ -65,18 +65,7 @@ class Core:
 
     def subscribe(self, node: str, kinds: list[str] | None = None) -> Subscriber:
         assert self.subs is not None
-        wanted = selected_kinds(
-            kinds
-            or [
-                "Pod",
-                "Namespace",
-                "Deployment",
-                "Service",
-                "ReplicaSet",
-                "ReplicaController",
-                "DaemonSet",
-            ]
-        )
+        wanted = selected_kinds(kinds or [*FALCO_KINDS, "DaemonSet"])
         return Subscriber(self.subs.subscribe(node, wanted, self.now))
 
     def drain(self, sub: Subscriber, max_bytes: int = 1 << 30) -> list[pb.Event]:

@@ -15,7 +15,7 @@ import httpx
 from metacollector import model
 from metacollector.emulator.synthetic import owner
 from metacollector.proto import metadata_pb2 as pb
-from tests.core import oracle
+from tests.support import oracle
 
 PATHS = {
     "Pod": ("/api/v1", "pods"),

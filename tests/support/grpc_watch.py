@@ -14,9 +14,8 @@ import grpc
 import trio
 
 from metacollector.proto import metadata_pb2 as pb
-from tests.core.harness import Subscriber
-
-FALCO_KINDS = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
+from metacollector.subscriptions import FALCO_KINDS
+from tests.support.harness import Subscriber
 
 
 @dataclass
@@ -75,14 +74,6 @@ class GrpcWatch:
                 if isinstance(self.error, AssertionError):
                     raise self.error
                 await trio.sleep(0.01)
-
-    async def wait_quiet(self, quiet: float = 0.3, timeout: float = 10) -> None:
-        """Wait until no event arrived for ``quiet`` seconds."""
-        with trio.fail_after(timeout):
-            seen = -1
-            while seen != len(self.events):
-                seen = len(self.events)
-                await trio.sleep(quiet)
 
     async def wait_ended(self, timeout: float = 10) -> grpc.StatusCode:
         with trio.fail_after(timeout):

@@ -8,9 +8,9 @@ from typing import Any
 import trio
 
 from metacollector.subscriptions import selected_kinds
-from tests.e2e.cluster import owner_ref, workload
-from tests.e2e.conftest import Env
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.support.cluster import owner_ref, workload
+from tests.support.env import Env
+from tests.support.grpc_watch import GrpcWatch
 
 
 @dataclass

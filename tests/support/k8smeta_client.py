@@ -19,7 +19,7 @@ import grpc
 import trio
 
 from metacollector.proto import metadata_pb2 as pb
-from tests.e2e.grpc_watch import FALCO_KINDS
+from tests.support.grpc_watch import FALCO_KINDS
 
 
 @dataclass

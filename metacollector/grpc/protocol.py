@@ -252,6 +252,7 @@ class ConnectionCore:
         elif self.lifecycle is Lifecycle.OPEN:
             if self.ping_sent_at is not None:
                 if now - self.ping_sent_at > limits.keepalive_timeout:
+                    self._goaway(h2.errors.ErrorCodes.NO_ERROR)
                     self._close("keepalive_timeout", out)
             elif now - self.last_activity > limits.keepalive_interval:
                 self.ping_sent_at = now

@@ -154,18 +154,18 @@ class Connection:
     async def _flush(self) -> None:
         """Write what the core queued. Shielded with a deadline, so cancellation never leaves
         half a frame on the wire; also each sender's turn boundary (a checkpoint)."""
-        async with self.write_lock:
-            data = self.core.data_to_send()
-            if not data:
-                return
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self.limits.write_timeout
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.limits.write_timeout
+            async with self.write_lock:
+                data = self.core.data_to_send()
+                if not data:
+                    return
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     self._apply(self.core.close("transport"))
-            if scope.cancelled_caught:
-                self._apply(self.core.close("write_timeout"))
+        if scope.cancelled_caught:
+            self._apply(self.core.close("write_timeout"))
 
     async def send_data(self, ss: ServerStream, data: bytes) -> None:
         core, st = self.core, ss.core

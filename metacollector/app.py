@@ -118,6 +118,7 @@ async def serve(
             max_connections=settings.max_connections,
             max_streams_per_connection=settings.max_streams_per_connection,
             stall_timeout=settings.stall_timeout,
+            max_request_message_size=settings.max_request_message_size,
         ),
     )
     async with make_client(cfg) as client, trio.open_nursery() as nursery:

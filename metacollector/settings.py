@@ -57,6 +57,7 @@ class Settings:
     max_connections: int = 10000
     max_streams_per_connection: int = 1024
     max_subscribers_per_node: int = 256
+    max_request_message_size: int = 64 * 1024
     streaming_list: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +79,8 @@ class Settings:
                 BindAddress.parse(flag, value)
         if self.stall_timeout <= 0:
             raise SettingsError("--stall-timeout must be positive")
+        if not 1024 <= self.max_request_message_size <= 16 * 1024 * 1024:
+            raise SettingsError("--max-request-message-size must be between 1 KiB and 16 MiB")
 
     @property
     def sink_url(self) -> str | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import math
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ TURN_BYTES = 16 * 1024  # most one stream sends before the others on its connect
 USEFUL_BYTES = 16 * 1024  # a window smaller than this (and than what is pending) is waited out
 MIN_USEFUL_BYTES = 1024  # ... unless the peer's initial window is smaller, but never below this
 GRPC_PREFIX = 5  # bytes of the gRPC message prefix
+
+log = logging.getLogger("metacollector.grpc.server")
 
 
 class Lifecycle(enum.Enum):
@@ -66,7 +69,8 @@ class ServerLimits:
     max_streams_per_connection: int = 1024
     max_header_list_size: int = 16384
     max_request_message_size: int = 64 * 1024
-    connection_window: int = 256 * 1024  # undecoded request bytes one connection may hold
+    # undecoded request bytes one connection may hold (at least one largest request)
+    connection_window: int = 256 * 1024
     max_buffered_request_bytes: int = 32 * 1024 * 1024  # ... and the whole process
     new_streams_per_second: float = 200.0
     resets_per_second: float = 50.0
@@ -205,7 +209,8 @@ class ConnectionCore:
     def initiate(self) -> None:
         """Queue our preface (SETTINGS) and open the connection receive window."""
         self.h2.initiate_connection()
-        extra = self.limits.connection_window - self.h2.inbound_flow_control_window
+        window = max(self.limits.connection_window, self.limits.max_request_message_size + 5)
+        extra = window - self.h2.inbound_flow_control_window
         if extra > 0:
             self.h2.increment_flow_control_window(extra)
 
@@ -435,6 +440,7 @@ class ConnectionCore:
             self._ack(size - len(data), sid)  # padding
         if not self.pool.take(len(data)):
             metrics.LIMIT_HITS.labels("request_bytes").inc()
+            log.warning("request refused: request buffers full", extra={"used": self.pool.used})
             self._ack(len(data), sid)
             self._refuse(st, Status.RESOURCE_EXHAUSTED, "server request buffers full", now, out)
             return
@@ -513,6 +519,7 @@ class ConnectionCore:
             return True
         if self.lifecycle is not Lifecycle.CLOSED:
             metrics.LIMIT_HITS.labels(limit).inc()
+            log.warning("connection over its budget: GOAWAY", extra={"limit": limit})
             self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self._close(limit, out)
         return False
@@ -523,6 +530,7 @@ class ConnectionCore:
             metrics.LIMIT_HITS.labels("connection_request_bytes").inc()
         elif isinstance(exc, h2.exceptions.DenialOfServiceError):
             metrics.LIMIT_HITS.labels("header_list").inc()
+        log.info("closing connection after protocol error", extra={"error": str(exc)[:200]})
         code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
         self._goaway(code)
         self._close(reason, out)

@@ -16,8 +16,8 @@ Invariants it owns:
 - Requests are bounded where they arrive: DATA is acknowledged only once its message is
   decoded, so a connection holds at most its receive window (``connection_window``) and the
   process at most ``RequestPool.limit`` of undecoded request bytes.
-- Per-connection budgets (new streams, peer resets, error responses per second): over one, the
-  connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+- Per-connection budgets (new streams, peer resets, error responses, tiny WINDOW_UPDATEs per
+  second): over one, the connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class ServerLimits:
     new_streams_per_second: float = 200.0
     resets_per_second: float = 50.0
     errors_per_second: float = 20.0
+    tiny_windows_per_second: float = 50.0  # WINDOW_UPDATEs of less than MIN_USEFUL_BYTES
     burst_seconds: float = 5.0  # each budget allows this many seconds' worth at once
     preface_timeout: float = 10.0
     handshake_timeout: float = 10.0
@@ -200,6 +201,8 @@ class ConnectionCore:
         )
         self.resets = Rate(limits.resets_per_second, limits.resets_per_second * burst, now)
         self.errors = Rate(limits.errors_per_second, limits.errors_per_second * burst, now)
+        tiny = limits.tiny_windows_per_second
+        self.tiny_windows = Rate(tiny, tiny * burst, now)
 
     @property
     def closed(self) -> bool:
@@ -365,6 +368,11 @@ class ConnectionCore:
     def _on_window(self, event: h2.events.Event, now: float, out: Outcome) -> None:
         assert isinstance(event, h2.events.WindowUpdated)
         self.counters.window_updates += 1
+        # A tiny update costs a frame parse and opens nothing worth sending into: a flood of
+        # them is the 1-byte-window attack from the receiving side.
+        tiny = event.delta is not None and event.delta < MIN_USEFUL_BYTES
+        if tiny and not self._spend(self.tiny_windows, "tiny_window_rate", now, out):
+            return
         if event.stream_id == 0:
             self._wake_blocked(out, connection=True, stream_id=None)
         else:

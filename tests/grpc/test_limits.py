@@ -180,16 +180,15 @@ async def test_new_stream_budget(nursery: trio.Nursery) -> None:
 # --- no slivers; stall, keepalive, preface and handshake deadlines (MockClock) ------------------
 
 
-async def test_one_byte_windows_get_no_slivers_and_stall(
+async def test_one_byte_windows_get_no_slivers_then_goaway(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    limits = ServerLimits(stall_timeout=30)
-    peer = await connect(nursery, window=1, auto_ack=False, limits=limits)
+    peer = await connect(nursery, window=1, auto_ack=False)
     sid = peer.request("n:100:1000")
     await peer.pump()
-    start = trio.current_time()
+    before = hits("tiny_window_rate")
     updates = 0
-    while sid not in peer.trailers and trio.current_time() - start < 100:
+    while peer.goaway is None:
         # a 1-byte top-up every 10 ms, on the stream and the connection
         peer.h2.increment_flow_control_window(1, stream_id=sid)
         peer.h2.increment_flow_control_window(1)
@@ -198,17 +197,23 @@ async def test_one_byte_windows_get_no_slivers_and_stall(
         await trio.sleep(0.01)
         peer.read()
     frames = peer.server.counters.data_frames
-    assert frames <= updates // 1024 + 1  # 1 KiB pieces at the least, never 1-byte slivers
-    assert peer.data_frames == frames
-    # the server counts frames; the client got whole messages only in 1 KiB pieces
-    peer2 = await connect(nursery, window=1, auto_ack=False, limits=limits)
-    sid2 = peer2.request("n:100:1000")  # this one never opens anything: stalled
+    assert frames == peer.data_frames <= updates // 1024 + 1  # 1 KiB pieces, never slivers
+    assert peer.goaway.error_code == CALM and hits("tiny_window_rate") == before + 1
+    assert 2 * updates > 250  # two per top-up; the budget: 50/s, 5 seconds of it at once
+
+
+async def test_a_stream_without_window_is_stalled(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peer = await connect(nursery, window=1, auto_ack=False, limits=ServerLimits(stall_timeout=30))
+    sid = peer.request("n:100:1000")  # never opens anything
     await trio.sleep(29)
-    peer2.read()
-    assert sid2 not in peer2.trailers
+    peer.read()
+    assert sid not in peer.trailers
     await trio.sleep(2)
-    peer2.read()
-    assert peer2.trailers[sid2][b"grpc-status"] == b"14"  # UNAVAILABLE after stall_timeout
+    peer.read()
+    assert peer.trailers[sid][b"grpc-status"] == b"14"  # UNAVAILABLE after stall_timeout
+    assert peer.data_frames == 0
 
 
 async def test_stall_deadline_counts_from_the_last_progress(

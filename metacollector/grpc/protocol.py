@@ -75,8 +75,8 @@ class ServerLimits:
     new_streams_per_second: float = 200.0
     resets_per_second: float = 50.0
     errors_per_second: float = 20.0
-    tiny_windows_per_second: float = 50.0  # WINDOW_UPDATEs of less than MIN_USEFUL_BYTES
-    burst_seconds: float = 5.0  # each budget allows this many seconds' worth at once
+    tiny_windows_per_second: float = 50.0  # updates leaving a waiting sender short (< 1 KiB)
+    burst_seconds: float = 2.0  # each budget allows this many seconds' worth at once
     preface_timeout: float = 10.0
     handshake_timeout: float = 10.0
     keepalive_interval: float = 60.0
@@ -368,31 +368,38 @@ class ConnectionCore:
     def _on_window(self, event: h2.events.Event, now: float, out: Outcome) -> None:
         assert isinstance(event, h2.events.WindowUpdated)
         self.counters.window_updates += 1
-        # A tiny update costs a frame parse and opens nothing worth sending into: a flood of
-        # them is the 1-byte-window attack from the receiving side.
-        tiny = event.delta is not None and event.delta < MIN_USEFUL_BYTES
-        if tiny and not self._spend(self.tiny_windows, "tiny_window_rate", now, out):
-            return
-        if event.stream_id == 0:
-            self._wake_blocked(out, connection=True, stream_id=None)
-        else:
-            self._wake_blocked(out, connection=False, stream_id=event.stream_id)
+        stream_id = event.stream_id or None
+        woken, waiting = self._wake_blocked(out, connection=stream_id is None, stream_id=stream_id)
+        # An update that leaves a waiting sender short of a useful window costs a frame parse
+        # and opens nothing worth sending into: a flood of them is the 1-byte-window attack.
+        # (Small updates with nobody waiting, as grpcio sends per small message, cost nothing.)
+        if waiting and not woken and (event.delta or 0) < MIN_USEFUL_BYTES:
+            self._spend(self.tiny_windows, "tiny_window_rate", now, out)
 
-    def _wake_blocked(self, out: Outcome, *, connection: bool, stream_id: int | None) -> None:
+    def _wake_blocked(
+        self, out: Outcome, *, connection: bool, stream_id: int | None
+    ) -> tuple[int, int]:
         """Wake the senders whose wait the window change may have ended (only when it is now
-        useful to them: tiny updates wake nobody)."""
+        useful to them: tiny updates wake nobody); how many were woken, and left waiting."""
         if stream_id is not None:
             st = self.streams.get(stream_id)
             candidates = [st] if st is not None else []
         else:
             candidates = list(self.streams.values())
+        woken = waiting = 0
         for st in candidates:
             blocked = st.send is SendState.BLOCKED_STREAM or (
                 connection and st.send is SendState.BLOCKED_CONNECTION
             )
-            if blocked and self.h2.local_flow_control_window(st.stream_id) >= st.want:
+            if not blocked:
+                continue
+            if self.h2.local_flow_control_window(st.stream_id) >= st.want:
                 st.send = SendState.OPEN
                 out.wake.append(st)
+                woken += 1
+            else:
+                waiting += 1
+        return woken, waiting
 
     def _on_request(self, event: h2.events.Event, now: float, out: Outcome) -> None:
         assert isinstance(event, h2.events.RequestReceived)

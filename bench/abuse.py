@@ -74,8 +74,12 @@ def request_headers(method: str = "POST") -> list[tuple[str, str]]:
     ]
 
 
+KINDS = ("Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController")
+
+
 def selector(node: str) -> bytes:
-    return encode_message(pb.Selector(nodeName=node).SerializeToString())
+    request = pb.Selector(nodeName=node, resourceKinds={k: "true" for k in KINDS})
+    return encode_message(request.SerializeToString())
 
 
 class Raw:
@@ -398,6 +402,9 @@ async def run_attack(
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        # the attacker at the lowest priority, as if on another machine: on these 2 shared
+        # cores its own CPU would otherwise delay the healthy path (emulator, collector, bench)
+        preexec_fn=lambda: os.nice(19),
     )
     assert proc.stdin is not None and proc.stdout is not None
     stdout = proc.stdout
@@ -505,7 +512,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await nursery.start(healthy.run)
                 await trio.sleep(1)
                 phases: dict[str, dict[str, Any]] = {}
-                for name in ["baseline", *ATTACKS]:
+                for name in ["baseline", *(a for a in ATTACKS if a in args.phases)]:
                     before = proc_stats(collector.pid)
                     hits0 = await metric_samples(http_port, "metacollector_limit_hits_total")
                     latencies: list[float] = []
@@ -535,9 +542,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     }
                     print(name, json.dumps(phases[name]), file=sys.stderr)
                 result["phases"] = phases
-                result["multiplex"] = await multiplex(
-                    grpc_port, collector.pid, [f"node-{i}" for i in range(2, 22)], args.rounds
-                )
+                if "multiplex" in args.phases:
+                    nodes = [f"node-{i}" for i in range(2, 22)]
+                    result["multiplex"] = await multiplex(
+                        grpc_port, collector.pid, nodes, args.rounds
+                    )
                 nursery.cancel_scope.cancel()
     finally:
         for p in (collector, emulator):
@@ -559,6 +568,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=5, help="A/B rounds of the multiplex figure")
     ap.add_argument("--attack", choices=sorted(ATTACKS), help="run one attack, print JSON")
+    ap.add_argument(
+        "--phases", default=",".join([*ATTACKS, "multiplex"]), help="comma-separated subset"
+    )
     ap.add_argument("--port", type=int)
     ap.add_argument("--node", default="node-1")
     ap.add_argument("--output", default=None)
@@ -579,7 +591,7 @@ def main() -> None:
             f"{f['collector rss_mb']:>11}  {f['limit hits']}; {f['attacker']}"
         )
     print("multiplex (median of rounds):")
-    for mode, f in result["multiplex"].items():
+    for mode, f in result.get("multiplex", {}).items():
         print(f"  {mode:<15} {f}")
     out = pathlib.Path(args.output or HERE / "results" / "abuse.json")
     out.parent.mkdir(exist_ok=True)

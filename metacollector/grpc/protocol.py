@@ -44,6 +44,7 @@ TURN_BYTES = 16 * 1024  # most one stream sends before the others on its connect
 USEFUL_BYTES = 16 * 1024  # a window smaller than this (and than what is pending) is waited out
 MIN_USEFUL_BYTES = 1024  # ... unless the peer's initial window is smaller, but never below this
 GRPC_PREFIX = 5  # bytes of the gRPC message prefix
+RECEIVE_SLICE = 1024  # bytes handed to h2 at a time
 
 log = logging.getLogger("metacollector.grpc.server")
 
@@ -74,9 +75,12 @@ class ServerLimits:
     max_buffered_request_bytes: int = 32 * 1024 * 1024  # ... and the whole process
     new_streams_per_second: float = 200.0
     resets_per_second: float = 50.0
-    errors_per_second: float = 20.0
+    errors_per_second: float = 5.0
+    process_errors_per_second: float = 100.0  # error responses of all connections together
     tiny_windows_per_second: float = 50.0  # updates leaving a waiting sender short (< 1 KiB)
-    burst_seconds: float = 2.0  # each budget allows this many seconds' worth at once
+    burst_seconds: float = 2.0
+    # connections whose input is handled at once until one of their requests is served
+    probation_concurrency: int = 4  # each budget allows this many seconds' worth at once
     preface_timeout: float = 10.0
     handshake_timeout: float = 10.0
     keepalive_interval: float = 60.0
@@ -90,14 +94,15 @@ class Rate:
     """A token bucket: ``spend`` is False once more than ``burst`` were spent faster than
     ``per_second``."""
 
-    def __init__(self, per_second: float, burst: float, now: float) -> None:
+    def __init__(self, per_second: float, burst: float, now: float | None = None) -> None:
         self.per_second = per_second
         self.burst = max(burst, 1.0)
         self.tokens = self.burst
         self.at = now
 
     def spend(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_second)
+        elapsed = 0.0 if self.at is None else now - self.at
+        self.tokens = min(self.burst, self.tokens + elapsed * self.per_second)
         self.at = now
         if self.tokens < 1.0:
             return False
@@ -167,6 +172,7 @@ class ConnectionCore:
         paths: Container[str],
         now: float,
         counters: Counters | None = None,
+        process_errors: Rate | None = None,
     ) -> None:
         self.limits = limits
         self.pool = pool
@@ -191,6 +197,7 @@ class ConnectionCore:
         self.lifecycle = Lifecycle.HANDSHAKE
         self.close_reason: str | None = None
         self.streams: dict[int, StreamCore] = {}
+        self._window_high: dict[int, int] = {}  # largest window seen, by stream id (0: conn)
         self.started_at = now
         self.last_activity = now
         self.sent_at = now  # last time any stream of this connection sent DATA
@@ -201,6 +208,8 @@ class ConnectionCore:
         )
         self.resets = Rate(limits.resets_per_second, limits.resets_per_second * burst, now)
         self.errors = Rate(limits.errors_per_second, limits.errors_per_second * burst, now)
+        per_second = limits.process_errors_per_second
+        self.process_errors = process_errors or Rate(per_second, per_second * burst, now)
         tiny = limits.tiny_windows_per_second
         self.tiny_windows = Rate(tiny, tiny * burst, now)
 
@@ -226,15 +235,18 @@ class ConnectionCore:
         if self.lifecycle is Lifecycle.CLOSED:
             return out
         self.last_activity = now
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            self._protocol_error(exc, out)
-            return out
-        for event in events:
-            _HANDLERS.get(type(event), _ignore)(self, event, now, out)
-            if self.closed:
-                break
+        # h2 parses all it is given before we see an event: slices bound what a flood makes it
+        # parse past the point where this connection is cut off.
+        for offset in range(0, len(data), RECEIVE_SLICE):
+            try:
+                events = self.h2.receive_data(data[offset : offset + RECEIVE_SLICE])
+            except h2.exceptions.ProtocolError as exc:
+                self._protocol_error(exc, out)
+                return out
+            for event in events:
+                _HANDLERS.get(type(event), _ignore)(self, event, now, out)
+                if self.closed:
+                    return out
         return out
 
     def eof(self) -> Outcome:
@@ -321,8 +333,12 @@ class ConnectionCore:
         st.progress_at = self.sent_at = now
         return n
 
-    def end_stream(self, st: StreamCore, status: Status, message: str, now: float) -> Outcome:
-        """Queue the stream's final status (trailers, or a trailers-only response)."""
+    def end_stream(
+        self, st: StreamCore, status: Status, message: str, now: float, *, refusal: bool = False
+    ) -> Outcome:
+        """Queue the stream's final status (trailers, or a trailers-only response). Error
+        statuses cost the connection's budget; refusals before any handler (what a flood of
+        invalid requests gets) the process's too."""
         out = Outcome()
         if st.send is SendState.ENDED or self.lifecycle is Lifecycle.CLOSED:
             self._forget(st)
@@ -335,7 +351,9 @@ class ConnectionCore:
         with contextlib.suppress(h2.exceptions.ProtocolError):  # reset meanwhile
             self.h2.send_headers(st.stream_id, trailers, end_stream=True)
         self._forget(st)
-        if status not in (Status.OK, Status.UNAVAILABLE, Status.CANCELLED):
+        if refusal:
+            self._error_response(now, out)
+        elif status not in (Status.OK, Status.UNAVAILABLE, Status.CANCELLED):
             self._spend(self.errors, "error_rate", now, out)
         return out
 
@@ -370,11 +388,30 @@ class ConnectionCore:
         self.counters.window_updates += 1
         stream_id = event.stream_id or None
         woken, waiting = self._wake_blocked(out, connection=stream_id is None, stream_id=stream_id)
-        # An update that leaves a waiting sender short of a useful window costs a frame parse
-        # and opens nothing worth sending into: a flood of them is the 1-byte-window attack.
-        # (Small updates with nobody waiting, as grpcio sends per small message, cost nothing.)
-        if waiting and not woken and (event.delta or 0) < MIN_USEFUL_BYTES:
+        # A tiny update costs a frame parse and opens nothing worth sending into: a flood of
+        # them is the 1-byte-window attack. Counted when it leaves a waiting sender short, or
+        # grows a small window past its high-water mark (more than handing back what was
+        # read). grpcio's 5-byte updates to fresh 4 MiB windows, or small updates handing back
+        # a small message's bytes, are not.
+        key = event.stream_id
+        window = self._window(stream_id)
+        grown = window > self._window_high.get(key, self._initial_window(stream_id))
+        if grown:
+            self._window_high[key] = window
+        tiny = (event.delta or 0) < MIN_USEFUL_BYTES and not woken
+        if tiny and (waiting or (grown and window < USEFUL_BYTES)):
             self._spend(self.tiny_windows, "tiny_window_rate", now, out)
+
+    def _window(self, stream_id: int | None) -> int:
+        if stream_id is None:
+            return self.h2.outbound_flow_control_window
+        stream = self.h2.streams.get(stream_id)
+        return 0 if stream is None else stream.outbound_flow_control_window
+
+    def _initial_window(self, stream_id: int | None) -> int:
+        if stream_id is None:
+            return 65535  # RFC 9113: the connection window starts there, SETTINGS or not
+        return self.h2.remote_settings.initial_window_size
 
     def _wake_blocked(
         self, out: Outcome, *, connection: bool, stream_id: int | None
@@ -413,7 +450,7 @@ class ConnectionCore:
             return
         if h.get(":method") != "POST":
             self.h2.send_headers(sid, [(":status", "405")], end_stream=True)
-            self._spend(self.errors, "error_rate", now, out)
+            self._error_response(now, out)
             return
         content_type = h.get("content-type", "")
         if not content_type.startswith("application/grpc"):
@@ -427,7 +464,7 @@ class ConnectionCore:
                 ],
                 end_stream=True,
             )
-            self._spend(self.errors, "error_rate", now, out)
+            self._error_response(now, out)
             return
         path = h.get(":path", "")
         st = StreamCore(
@@ -439,9 +476,8 @@ class ConnectionCore:
         )
         self.streams[sid] = st
         if path not in self.paths:
-            self._merge(
-                out, self.end_stream(st, Status.UNIMPLEMENTED, f"unknown method {path}", now)
-            )
+            message = f"unknown method {path}"
+            self._merge(out, self.end_stream(st, Status.UNIMPLEMENTED, message, now, refusal=True))
 
     def _on_data(self, event: h2.events.Event, now: float, out: Outcome) -> None:
         assert isinstance(event, h2.events.DataReceived)
@@ -491,13 +527,16 @@ class ConnectionCore:
     def _on_reset(self, event: h2.events.Event, now: float, out: Outcome) -> None:
         assert isinstance(event, h2.events.StreamReset)
         st = self.streams.get(event.stream_id)
+        answered = st is not None and st.send is not SendState.IDLE
         if st is not None:
             if st.send is not SendState.ENDED:
                 metrics.GRPC_STREAMS_ENDED.labels("CANCELLED").inc()
             st.send = SendState.ENDED
             self._forget(st)
             out.cancel.append(st)
-        if event.remote_reset:
+        # Rapid reset (CVE-2023-44487) is resetting streams before they are answered: the
+        # server did work for nothing. Cancelling a Watch that is flowing costs no budget.
+        if event.remote_reset and not answered:
             self._spend(self.resets, "reset_rate", now, out)
 
     def _on_ping_ack(self, event: h2.events.Event, now: float, out: Outcome) -> None:
@@ -510,7 +549,7 @@ class ConnectionCore:
     def _refuse(
         self, st: StreamCore, status: Status, message: str, now: float, out: Outcome
     ) -> None:
-        self._merge(out, self.end_stream(st, status, message, now))
+        self._merge(out, self.end_stream(st, status, message, now, refusal=True))
         out.cancel.append(st)
 
     def _release(self, st: StreamCore, n: int) -> None:
@@ -527,6 +566,13 @@ class ConnectionCore:
         if st.buffered:
             self._release(st, st.buffered)
         self.streams.pop(st.stream_id, None)
+        self._window_high.pop(st.stream_id, None)
+
+    def _error_response(self, now: float, out: Outcome) -> None:
+        """An error response costs this connection's budget and the process's: a flood from
+        many connections at once is cut off after the first few of each."""
+        if self._spend(self.errors, "error_rate", now, out):
+            self._spend(self.process_errors, "process_error_rate", now, out)
 
     def _spend(self, rate: Rate, limit: str, now: float, out: Outcome) -> bool:
         """Spend one of a per-connection budget; when it is gone, GOAWAY ENHANCE_YOUR_CALM."""

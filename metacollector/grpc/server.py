@@ -32,6 +32,7 @@ from metacollector.grpc.protocol import (
     Counters,
     Lifecycle,
     Outcome,
+    Rate,
     RequestPool,
     SendState,
     ServerLimits,
@@ -141,8 +142,10 @@ class Connection:
             server.handlers,
             trio.current_time(),
             server.counters,
+            server.process_errors,
         )
         self.handles: dict[int, ServerStream] = {}
+        self.served = False  # a request of this connection has reached its handler
         self.write_lock = trio.Lock()
         self.scope = trio.CancelScope()
 
@@ -201,6 +204,7 @@ class Connection:
                 ss.cancel_scope.cancel()
         for st in out.start:
             if st.send is not SendState.ENDED and self._nursery is not None:
+                self.served = True
                 ss = ServerStream(self, st, self.peer, self.peer_cert)
                 self.handles[st.stream_id] = ss
                 self._nursery.start_soon(self._run_handler, ss)
@@ -234,14 +238,24 @@ class Connection:
                     trio.BrokenResourceError, trio.ClosedResourceError, OSError
                 ):
                     data = await self.stream.receive_some(READ_BYTES)
-            now = trio.current_time()
-            if deadline.cancelled_caught:
-                self._apply(self.core.tick(now))
-            elif data:
-                self._apply(self.core.receive(bytes(data), now))
+            if self.served:
+                await self._handle_read(data, deadline.cancelled_caught)
             else:
-                self._apply(self.core.eof())
-            await self._flush()
+                # On probation until a request of it reached a handler: the input of new
+                # connections is handled a few at a time process-wide, so a flood of them
+                # (h2load, rapid reset) cannot fill one scheduler round with its work.
+                async with self.server.probation:
+                    await self._handle_read(data, deadline.cancelled_caught)
+
+    async def _handle_read(self, data: bytes | bytearray, timed_out: bool) -> None:
+        now = trio.current_time()
+        if timed_out:
+            self._apply(self.core.tick(now))
+        elif data:
+            self._apply(self.core.receive(bytes(data), now))
+        else:
+            self._apply(self.core.eof())
+        await self._flush()
 
     async def _timers(self) -> None:
         """Keepalive: a PING after ``keepalive_interval`` idle, closed if unanswered."""
@@ -303,6 +317,9 @@ class GrpcServer:
         self.limits = limits = limits or ServerLimits()
         self.connections: set[Connection] = set()
         self.request_pool = RequestPool(limits.max_buffered_request_bytes)
+        errors = limits.process_errors_per_second
+        self.process_errors = Rate(errors, errors * limits.burst_seconds)
+        self.probation = trio.CapacityLimiter(limits.probation_concurrency)
         self.counters = Counters()
 
     async def serve(

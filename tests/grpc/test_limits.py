@@ -302,3 +302,26 @@ async def test_tls_handshake_timeout(
     assert not done.is_set()
     await trio.sleep(1)
     assert done.is_set() and protocol_errors("handshake_timeout") == before + 1
+
+
+async def test_tiny_updates_count_only_on_small_or_waited_for_windows(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # grpcio's habit: a 5-byte update on each fresh stream of a 4 MiB window; nothing waits
+    polite = await connect(nursery, window=4 << 20)
+    for k in range(300):
+        sid = polite.request(f"n{k}:0:1")  # a view with nothing to send
+        polite.h2.increment_flow_control_window(5, stream_id=sid)
+    polite.send()
+    await polite.pump()
+    assert polite.goaway is None
+    # the same on a 1-byte window, again and again: the window creeps up, a byte at a time
+    before = hits("tiny_window_rate")
+    creeping = await connect(nursery, window=1)
+    sid = creeping.request("n:0:1")
+    while creeping.goaway is None:
+        creeping.h2.increment_flow_control_window(1, stream_id=sid)
+        creeping.send()
+        await trio.sleep(0.01)
+        creeping.read()
+    assert creeping.goaway.error_code == CALM and hits("tiny_window_rate") == before + 1

@@ -51,6 +51,7 @@ class Running:
     health_port: int | None
     reflectors: Sequence[Reflector[Any]]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    grpc: GrpcServer | None = None  # its own figures (request bytes held, frame counters)
 
 
 def relist_grace_check(reflectors: Sequence[Reflector[Any]], grace: float) -> Any:
@@ -154,7 +155,9 @@ async def serve(
             serve_http, settings.metrics_bind, settings.health_bind, readiness
         )
         task_status.started(
-            Running(hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope)
+            Running(
+                hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope, server
+            )
         )
 
 

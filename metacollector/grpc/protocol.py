@@ -232,8 +232,8 @@ class ConnectionCore:
     def receive(self, data: bytes, now: float) -> Outcome:
         """Feed bytes read from the peer."""
         out = Outcome()
-        if self.lifecycle is Lifecycle.CLOSED:
-            return out
+        if self.lifecycle in (Lifecycle.DRAINING, Lifecycle.CLOSED):
+            return out  # after our GOAWAY, h2 refuses all input: nothing more is read
         self.last_activity = now
         # h2 parses all it is given before we see an event: slices bound what a flood makes it
         # parse past the point where this connection is cut off.

@@ -146,6 +146,7 @@ class Connection:
         )
         self.handles: dict[int, ServerStream] = {}
         self.served = False  # a request of this connection has reached its handler
+        self._nursery: trio.Nursery | None = None  # handlers' and timers' while it runs
         self.write_lock = trio.Lock()
         self.scope = trio.CancelScope()
 
@@ -214,7 +215,6 @@ class Connection:
     # --- reading ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Serve this connection until the peer goes, it breaks the protocol, or shutdown."""
-        self._nursery: trio.Nursery | None = None
         with self.scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

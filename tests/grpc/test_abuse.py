@@ -83,15 +83,16 @@ async def test_half_sent_requests_hold_little(env: Env, nursery: trio.Nursery) -
     with trio.fail_after(10):
         while pool.used < 4 * window * 0.9:  # the attack is in: every connection window full
             await trio.sleep(0.05)
-    held = pool.used
     latency = await healthy_change(env, watch)
     grown = rss_mb() - baseline
-    assert held <= 4 * window  # 160 streams x ~60 KB offered, 1 MiB held at most
-    assert grown < 50, grown
+    held = pool.used
     with trio.fail_after(15):
         while not attack:
-            await trio.sleep(0.05)
-    assert attack["bytes_sent"] == held  # the rest was never let in (no window)
+            held = max(held, pool.used)
+            await trio.sleep(0.01)
+    assert held <= 4 * window  # 160 streams x ~60 KB offered, 1 MiB held at most
+    assert grown < 50, grown
+    assert attack["bytes_sent"] <= 4 * window  # the rest was never let in (no window)
     print(f"half-sent: {held} bytes held, RSS +{grown:.1f} MB, healthy change {latency:.1f} ms")
 
 

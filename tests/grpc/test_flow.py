@@ -4,6 +4,7 @@ few turns. The client here is h2 in the test; it decides every read and WINDOW_U
 
 from __future__ import annotations
 
+import h2.settings
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
@@ -125,3 +126,24 @@ def test_any_interleaving_of_reads_and_window_updates_completes_exactly(
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+async def test_settings_change_of_initial_window_wakes_blocked_streams(
+    nursery: trio.Nursery,
+) -> None:
+    peer = await connect(nursery, window=1024, auto_ack=False)
+    sids = {peer.request(f"n{k}:50:1000"): (f"n{k}", 50, 1000) for k in range(3)}
+    await peer.pump()
+    assert all(st.send.name == "BLOCKED_STREAM" for st in _cores(peer))
+    # no WINDOW_UPDATE at all: only the new initial window (RFC 9113 6.9.2 applies the
+    # difference to every open stream) opens them
+    got = {sid: len(peer.messages[sid]) for sid in sids}
+    peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    peer.send()
+    await peer.pump()
+    assert all(len(peer.messages[sid]) > got[sid] for sid in sids), (got, peer.messages.keys())
+    peer.auto_ack = True  # then the connection window, as a normal client hands it back
+    peer.ack()
+    peer.send()
+    await peer.pump()
+    assert_exact(peer, sids)

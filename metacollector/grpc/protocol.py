@@ -44,7 +44,7 @@ TURN_BYTES = 16 * 1024  # most one stream sends before the others on its connect
 USEFUL_BYTES = 16 * 1024  # a window smaller than this (and than what is pending) is waited out
 MIN_USEFUL_BYTES = 1024  # ... unless the peer's initial window is smaller, but never below this
 GRPC_PREFIX = 5  # bytes of the gRPC message prefix
-RECEIVE_SLICE = 1024  # bytes handed to h2 at a time
+RECEIVE_SLICE = 512  # bytes handed to h2 at a time (~25 small HEADERS frames)
 
 log = logging.getLogger("metacollector.grpc.server")
 

@@ -218,8 +218,9 @@ class Connection:
         with self.scope:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self.core.initiate()
-                await self._flush()
+                async with self.server.probation:
+                    self.core.initiate()
+                    await self._flush()
                 nursery.start_soon(self._timers)
                 await self._read()
                 nursery.cancel_scope.cancel()
@@ -396,7 +397,8 @@ class GrpcServer:
                     return
                 peer_cert = tls.getpeercert()
                 stream = tls
-            conn = Connection(self, stream, peer, peer_cert)
+            async with self.probation:  # a flood of new connections is set up a few at a time
+                conn = Connection(self, stream, peer, peer_cert)
             self.connections.add(conn)
             metrics.GRPC_CONNECTIONS.inc()
             try:

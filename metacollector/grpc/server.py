@@ -310,7 +310,7 @@ class GrpcServer:
         self,
         handlers: Mapping[str, Handler],
         *,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
         limits: ServerLimits | None = None,
     ) -> None:
         self.handlers = dict(handlers)
@@ -386,7 +386,8 @@ class GrpcServer:
         peer_cert = None
         try:
             if self.ssl_context is not None:
-                tls = trio.SSLStream(transport, self.ssl_context, server_side=True)
+                ctx = self.ssl_context() if callable(self.ssl_context) else self.ssl_context
+                tls = trio.SSLStream(transport, ctx, server_side=True)
                 with trio.move_on_after(self.limits.handshake_timeout) as handshake:
                     await tls.do_handshake()
                 if handshake.cancelled_caught:

@@ -53,6 +53,7 @@ class Running:
     health_port: int | None
     reflectors: Sequence[Reflector[Any]]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    grpc: GrpcServer | None = None  # its own figures (request bytes held, frame counters)
 
 
 def default_source(cfg: KubeConfig) -> str:
@@ -114,6 +115,7 @@ async def serve(
             max_connections=settings.max_connections,
             max_streams_per_connection=settings.max_streams_per_connection,
             stall_timeout=settings.stall_timeout,
+            max_request_message_size=settings.max_request_message_size,
         ),
     )
     async with make_client(cfg) as client, trio.open_nursery() as nursery:
@@ -151,7 +153,9 @@ async def serve(
             serve_http, settings.metrics_bind, settings.health_bind, readiness
         )
         task_status.started(
-            Running(hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope)
+            Running(
+                hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope, server
+            )
         )
 
 

@@ -54,6 +54,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-streams-per-connection", type=int, default=1024)
     p.add_argument("--max-subscribers-per-node", type=int, default=256)
     p.add_argument(
+        "--max-request-message-size",
+        type=int,
+        default=64 * 1024,
+        help="largest gRPC request message (a Selector) accepted, bytes",
+    )
+    p.add_argument(
         "--streaming-list",
         action="store_true",
         help="use streaming lists (sendInitialEvents) with fallback to list+watch",
@@ -132,6 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_connections=args.max_connections,
         max_streams_per_connection=args.max_streams_per_connection,
         max_subscribers_per_node=args.max_subscribers_per_node,
+        max_request_message_size=args.max_request_message_size,
         streaming_list=args.streaming_list,
         departure_window=args.departure_window,
         departure_max_entries=args.departure_max_entries,

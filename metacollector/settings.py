@@ -61,6 +61,7 @@ class Settings:
     max_connections: int = 10000
     max_streams_per_connection: int = 1024
     max_subscribers_per_node: int = 256
+    max_request_message_size: int = 64 * 1024
     streaming_list: bool = False
     # departure log (issue 15): how long and how many view departures are remembered
     departure_window: float = DEFAULT_WINDOW
@@ -90,6 +91,8 @@ class Settings:
             raise SettingsError("--departure-window must be positive")
         if self.departure_max_entries <= 0:
             raise SettingsError("--departure-max-entries must be positive")
+        if not 1024 <= self.max_request_message_size <= 16 * 1024 * 1024:
+            raise SettingsError("--max-request-message-size must be between 1 KiB and 16 MiB")
 
     @property
     def sink_url(self) -> str | None:

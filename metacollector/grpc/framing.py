@@ -46,6 +46,11 @@ class MessageDecoder:
             del buf[: 5 + length]
         return out
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+        return len(self._buffer)
+
     def end(self) -> None:
         """The stream ended: anything left over is a truncated message."""
         if self._buffer:

@@ -1,10 +1,12 @@
 """A gRPC server on h2 + trio: connections, streams, flow control, TLS/ALPN, keepalive, GOAWAY.
 
 Invariants:
-- One h2 state machine per connection; every socket write goes through ``Connection._flush``,
-  which is shielded with a deadline, so cancellation never leaves half a frame on the wire.
-- A handler only sends within the peer's flow-control window; a stream that gets no window for
-  ``stall_timeout`` seconds ends with UNAVAILABLE (the peer reconnects and resyncs).
+- The protocol (lifecycle, flow control, limits, budgets) is decided by the sans-I/O
+  ``protocol.ConnectionCore``; this module only moves bytes, runs handlers, wakes senders.
+- Every socket write goes through ``Connection._flush``, which is shielded with a deadline, so
+  cancellation never leaves half a frame on the wire.
+- A handler only sends within the peer's flow-control window; a stream that gets no useful
+  window for ``stall_timeout`` seconds ends with UNAVAILABLE (the peer reconnects and resyncs).
 - A connection's failure (protocol error, reset, timeout) is confined to that connection.
 - Shutdown (cancelling ``serve``): every open stream ends with UNAVAILABLE, then GOAWAY, within
   ``shutdown_timeout``; only then are the connection tasks cancelled.
@@ -21,17 +23,33 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import trio
 
 from metacollector import metrics
-from metacollector.grpc.framing import MessageDecoder, encode_message, status_trailers
+from metacollector.grpc.framing import encode_message
+from metacollector.grpc.protocol import (
+    ConnectionCore,
+    Counters,
+    Lifecycle,
+    Outcome,
+    Rate,
+    RequestPool,
+    SendState,
+    ServerLimits,
+    StreamCore,
+)
 from metacollector.grpc.status import GrpcError, Status
+
+__all__ = [
+    "GrpcServer",
+    "Handler",
+    "ServerLimits",
+    "ServerStream",
+    "StartupError",
+    "StreamClosed",
+    "StreamStalled",
+    "server_ssl_context",
+]
 
 log = logging.getLogger("metacollector.grpc.server")
 
@@ -45,22 +63,7 @@ class StreamClosed(Exception):
 
 
 class StreamStalled(Exception):
-    """No flow-control window opened for ``stall_timeout`` seconds."""
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_connections: int = 10000
-    max_streams_per_connection: int = 1024
-    max_header_list_size: int = 16384
-    max_message_size: int = 4 * 1024 * 1024
-    preface_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-    keepalive_interval: float = 60.0
-    keepalive_timeout: float = 20.0
-    stall_timeout: float = 30.0
-    write_timeout: float = 30.0
-    shutdown_timeout: float = 2.0
+    """No useful flow-control window opened for ``stall_timeout`` seconds."""
 
 
 @dataclass(eq=False)
@@ -68,15 +71,21 @@ class ServerStream:
     """One request stream, as a handler sees it."""
 
     connection: Connection
-    stream_id: int
-    headers: list[tuple[str, str]]
+    core: StreamCore
     peer: tuple[str, int] | None = None
     peer_cert: dict[str, Any] | None = None
-    decoder: MessageDecoder = field(default_factory=MessageDecoder)
-    messages: list[bytes] = field(default_factory=list)
-    headers_sent: bool = False
-    ended: bool = False
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Set and replaced only by the waker (Connection._wake): a sender that checked its window
+    # and then waits on the event it read cannot miss a wake-up in between.
+    wakeup: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def stream_id(self) -> int:
+        return self.core.stream_id
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return self.core.headers
 
     async def send_messages(self, payloads: Sequence[bytes]) -> None:
         """Send messages, several per DATA frame, within flow control (see module invariants)."""
@@ -112,7 +121,8 @@ def server_ssl_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLCon
 
 
 class Connection:
-    """One HTTP/2 connection: reads frames, dispatches streams, writes under flow control."""
+    """The I/O side of one HTTP/2 connection: moves bytes between the socket and its
+    ``ConnectionCore``, runs handlers, and wakes senders the core names."""
 
     def __init__(
         self,
@@ -126,226 +136,149 @@ class Connection:
         self.stream = stream
         self.peer = peer
         self.peer_cert = peer_cert
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self.h2 = h2.connection.H2Connection(config)
-        codes = h2.settings.SettingCodes
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                codes.MAX_CONCURRENT_STREAMS: self.limits.max_streams_per_connection,
-                codes.MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
-            },
+        self.core = ConnectionCore(
+            server.limits,
+            server.request_pool,
+            server.handlers,
+            trio.current_time(),
+            server.counters,
+            server.process_errors,
         )
-        self.streams: dict[int, ServerStream] = {}
-        self.window_open = trio.Event()
+        self.handles: dict[int, ServerStream] = {}
+        self.served = False  # a request of this connection has reached its handler
+        self._nursery: trio.Nursery | None = None  # handlers' and timers' while it runs
         self.write_lock = trio.Lock()
-        self.closed = False
-        self.last_activity = trio.current_time()
-        self.ping_outstanding: float | None = None
+        self.scope = trio.CancelScope()
+
+    @property
+    def closed(self) -> bool:
+        return self.core.closed
 
     # --- writing ---------------------------------------------------------------------------
     async def _flush(self) -> None:
-        data = self.h2.data_to_send()
-        if not data or self.closed:
-            return
-        async with self.write_lock:
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self.limits.write_timeout
+        """Write what the core queued. Shielded with a deadline, so cancellation never leaves
+        half a frame on the wire; also each sender's turn boundary (a checkpoint)."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.limits.write_timeout
+            async with self.write_lock:
+                data = self.core.data_to_send()
+                if not data:
+                    return
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    self.closed = True
-            if scope.cancelled_caught:
-                self.closed = True
-                metrics.PROTOCOL_ERRORS.labels("write_timeout").inc()
+                    self._apply(self.core.close("transport"))
+        if scope.cancelled_caught:
+            self._apply(self.core.close("write_timeout"))
 
-    async def send_data(self, st: ServerStream, data: bytes) -> None:
-        try:
-            await self._send_data(st, data)
-        except h2.exceptions.ProtocolError:  # the connection closed under us (GOAWAY, reset)
-            raise StreamClosed() from None
-
-    async def _send_data(self, st: ServerStream, data: bytes) -> None:
-        if st.ended or self.closed:
-            raise StreamClosed()
-        if not st.headers_sent:
-            self._send_response_headers(st)
+    async def send_data(self, ss: ServerStream, data: bytes) -> None:
+        core, st = self.core, ss.core
+        core.begin_send(st, trio.current_time())
+        view = memoryview(data)
         offset = 0
-        while offset < len(data):
-            if st.ended or self.closed:
+        while offset < len(view):
+            sent = core.take_turn(st, view[offset:], trio.current_time())
+            if st.send is SendState.ENDED:
                 raise StreamClosed()
-            window = self.h2.local_flow_control_window(st.stream_id)
-            if window <= 0:
-                self.window_open = trio.Event()
-                with trio.move_on_after(self.limits.stall_timeout):
-                    while self.h2.local_flow_control_window(st.stream_id) <= 0:
-                        if st.ended or self.closed:
-                            raise StreamClosed()
-                        await self.window_open.wait()
-                        self.window_open = trio.Event()
-                    continue
+            if sent:
+                offset += sent
+                await self._flush()  # the turn ends: siblings blocked on the window go next
+                continue
+            wakeup = ss.wakeup  # read after the window check: no lost wake-up in between
+            with trio.move_on_at(core.stall_deadline(st)):
+                await wakeup.wait()
+            if trio.current_time() >= core.stall_deadline(st) and st.send in _BLOCKED:
                 raise StreamStalled()
-            frame_size = self.h2.max_outbound_frame_size
-            end = offset + min(window, len(data) - offset)
-            while offset < end:
-                chunk = data[offset : min(end, offset + frame_size)]
-                self.h2.send_data(st.stream_id, chunk)
-                offset += len(chunk)
-            await self._flush()
-        if self.closed:
+        if st.send is SendState.ENDED:
             raise StreamClosed()
 
-    def _send_response_headers(self, st: ServerStream) -> None:
-        self.h2.send_headers(
-            st.stream_id, [(":status", "200"), ("content-type", "application/grpc")]
-        )
-        st.headers_sent = True
-
-    def _end_stream(self, st: ServerStream, status: Status, message: str = "") -> None:
-        """Queue the stream's final status (trailers, or a trailers-only response)."""
-        if st.ended or self.closed:
-            return
-        st.ended = True
-        metrics.GRPC_STREAMS_ENDED.labels(status.name).inc()
-        trailers = status_trailers(status, message)
-        try:
-            if st.headers_sent:
-                self.h2.send_headers(st.stream_id, trailers, end_stream=True)
-            else:
-                self.h2.send_headers(
-                    st.stream_id,
-                    [(":status", "200"), ("content-type", "application/grpc"), *trailers],
-                    end_stream=True,
-                )
-        except h2.exceptions.StreamClosedError:
-            pass
-        self.streams.pop(st.stream_id, None)
+    def _apply(self, out: Outcome) -> None:
+        """Carry out what the core decided: start and cancel handlers, wake senders."""
+        for st in out.wake:
+            ss = self.handles.get(st.stream_id)
+            if ss is not None:
+                old, ss.wakeup = ss.wakeup, trio.Event()
+                old.set()
+        for st in out.cancel:
+            ss = self.handles.pop(st.stream_id, None)
+            if ss is not None:
+                ss.cancel_scope.cancel()
+        for st in out.start:
+            if st.send is not SendState.ENDED and self._nursery is not None:
+                self.served = True
+                ss = ServerStream(self, st, self.peer, self.peer_cert)
+                self.handles[st.stream_id] = ss
+                self._nursery.start_soon(self._run_handler, ss)
+        if self.core.lifecycle is Lifecycle.CLOSED:
+            self.scope.cancel()
 
     # --- reading ---------------------------------------------------------------------------
-    async def run(self, nursery: trio.Nursery) -> None:
+    async def run(self) -> None:
         """Serve this connection until the peer goes, it breaks the protocol, or shutdown."""
-        self.h2.initiate_connection()
-        await self._flush()
-        with trio.move_on_after(self.limits.preface_timeout) as preface:
-            while not await self._receive(nursery, preface=True):
-                pass
-        if preface.cancelled_caught:
-            metrics.PROTOCOL_ERRORS.labels("preface_timeout").inc()
-            return
-        nursery.start_soon(self._keepalive)
-        while not self.closed and not await self._receive(nursery, preface=False):
-            pass
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                async with self.server.probation:
+                    self.core.initiate()
+                    await self._flush()
+                nursery.start_soon(self._timers)
+                await self._read()
+                nursery.cancel_scope.cancel()
+        self._nursery = None
+        if self.core.lifecycle is not Lifecycle.CLOSED:
+            self.core.close("shutdown")
+        for ss in list(self.handles.values()):
+            ss.cancel_scope.cancel()
+        self.handles.clear()
 
-    async def _receive(self, nursery: trio.Nursery, *, preface: bool) -> bool:
-        """Read and handle one chunk. Returns True when the preface is done (``preface``) or,
-        after it, when the connection should stop."""
-        try:
-            data = await self.stream.receive_some(65536)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            data = b""
-        if not data:
-            self.closed = True
-            return True
-        self.last_activity = trio.current_time()
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            reason = type(exc).__name__
-            metrics.PROTOCOL_ERRORS.labels(reason).inc()
-            log.info("closing connection after protocol error", extra={"error": str(exc)[:200]})
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.close_connection(error_code=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+    async def _read(self) -> None:
+        while self.core.lifecycle is not Lifecycle.CLOSED:
+            data: bytes | bytearray = b""
+            with trio.move_on_at(self.core.read_deadline()) as deadline:
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    data = await self.stream.receive_some(READ_BYTES)
+            if self.served:
+                await self._handle_read(data, deadline.cancelled_caught)
+            else:
+                # On probation until a request of it reached a handler: the input of new
+                # connections is handled a few at a time process-wide, so a flood of them
+                # (h2load, rapid reset) cannot fill one scheduler round with its work.
+                async with self.server.probation:
+                    await self._handle_read(data, deadline.cancelled_caught)
+
+    async def _handle_read(self, data: bytes | bytearray, timed_out: bool) -> None:
+        now = trio.current_time()
+        if timed_out:
+            self._apply(self.core.tick(now))
+        elif data:
+            self._apply(self.core.receive(bytes(data), now))
+        else:
+            self._apply(self.core.eof())
+        await self._flush()
+
+    async def _timers(self) -> None:
+        """Keepalive: a PING after ``keepalive_interval`` idle, closed if unanswered."""
+        period = self.limits.keepalive_interval / 4
+        # A random phase: connections opened together (a fleet of sensors starting or
+        # reconnecting) would otherwise wake together every period, and the timer objects of
+        # thousands of sleeping checks, all young at once, made one 50-100 ms GC pause.
+        await trio.sleep(period * random.random())
+        while self.core.lifecycle is not Lifecycle.CLOSED:
+            await trio.sleep(period)
+            self._apply(self.core.tick(trio.current_time()))
             await self._flush()
-            self.closed = True
-            return True
-        settled = False
-        for event in events:
-            if isinstance(event, h2.events.RemoteSettingsChanged):
-                settled = True
-                self.window_open.set()
-            self._handle(event, nursery)
-        await self._flush()
-        if preface:
-            return settled or self.closed
-        return self.closed
 
-    def _handle(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._request(event)
-        elif isinstance(event, h2.events.DataReceived):
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            st = self.streams.get(event.stream_id)
-            if st is not None and not st.ended:
-                try:
-                    st.messages.extend(st.decoder.feed(event.data))
-                    if len(st.messages) > 1:
-                        raise GrpcError(Status.INVALID_ARGUMENT, "expected one request message")
-                except GrpcError as exc:
-                    self._end_stream(st, exc.status, exc.message)
-        elif isinstance(event, h2.events.StreamEnded):
-            st = self.streams.get(event.stream_id)
-            if st is not None and not st.ended:
-                try:
-                    st.decoder.end()
-                    if len(st.messages) != 1:
-                        raise GrpcError(Status.INVALID_ARGUMENT, "expected one request message")
-                except GrpcError as exc:
-                    self._end_stream(st, exc.status, exc.message)
-                else:
-                    nursery.start_soon(self._run_handler, st)
-        elif isinstance(event, h2.events.StreamReset):
-            st = self.streams.pop(event.stream_id, None)
-            if st is not None:
-                st.ended = True
-                st.cancel_scope.cancel()
-                metrics.GRPC_STREAMS_ENDED.labels("CANCELLED").inc()
-        elif isinstance(event, h2.events.WindowUpdated):
-            self.window_open.set()
-        elif isinstance(event, h2.events.PingAckReceived):
-            self.ping_outstanding = None
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closed = True
-            self._cancel_all()
-
-    def _request(self, event: h2.events.RequestReceived) -> None:
-        headers = [(str(k), str(v)) for k, v in event.headers or ()]
-        h = dict(headers)
-        sid = event.stream_id
-        st = ServerStream(
-            self,
-            sid,
-            headers,
-            self.peer,
-            self.peer_cert,
-            MessageDecoder(self.limits.max_message_size),
-        )
-        if h.get(":method") != "POST":
-            self.h2.send_headers(sid, [(":status", "405")], end_stream=True)
-            return
-        content_type = h.get("content-type", "")
-        if not content_type.startswith("application/grpc"):
-            self.h2.send_headers(
-                sid,
-                [
-                    (":status", "415"),
-                    ("content-type", "text/plain"),
-                    *status_trailers(
-                        Status.INTERNAL, f"invalid gRPC content-type {content_type!r}"
-                    ),
-                ],
-                end_stream=True,
-            )
-            return
-        self.streams[sid] = st
-        if h.get(":path", "") not in self.server.handlers:
-            self._end_stream(st, Status.UNIMPLEMENTED, f"unknown method {h.get(':path')}")
-
-    async def _run_handler(self, st: ServerStream) -> None:
-        handler = self.server.handlers[dict(st.headers)[":path"]]
+    async def _run_handler(self, ss: ServerStream) -> None:
+        st = ss.core
+        handler = self.server.handlers[st.path]
         status, message = Status.OK, ""
-        with st.cancel_scope:
+        request = st.request
+        assert request is not None
+        with ss.cancel_scope:
             try:
-                await handler(st.messages[0], st)
+                await handler(request, ss)
             except GrpcError as exc:
                 status, message = exc.status, exc.message
             except StreamStalled:
@@ -353,48 +286,23 @@ class Connection:
             except StreamClosed:
                 return
             except Exception:
-                log.exception("handler failed", extra={"path": dict(st.headers)[":path"]})
+                log.exception("handler failed", extra={"path": st.path})
                 status, message = Status.INTERNAL, "internal error"
-            self._end_stream(st, status, message)
+            self.handles.pop(st.stream_id, None)
+            self._apply(self.core.end_stream(st, status, message, trio.current_time()))
             await self._flush()
-
-    async def _keepalive(self) -> None:
-        period = self.limits.keepalive_interval / 4
-        # A random phase: connections opened together (a fleet of sensors starting or
-        # reconnecting) would otherwise wake together every period, and the timer objects of
-        # thousands of sleeping checks, all young at once, made one 50-100 ms GC pause.
-        await trio.sleep(period * random.random())
-        while not self.closed:
-            await trio.sleep(period)
-            now = trio.current_time()
-            if self.ping_outstanding is not None:
-                if now - self.ping_outstanding > self.limits.keepalive_timeout:
-                    metrics.PROTOCOL_ERRORS.labels("keepalive_timeout").inc()
-                    self.closed = True
-                    self._cancel_all()
-                    await self.stream.aclose()
-                    return
-            elif now - self.last_activity > self.limits.keepalive_interval:
-                self.ping_outstanding = now
-                self.h2.ping(b"mcollect")
-                await self._flush()
-
-    def _cancel_all(self) -> None:
-        for st in list(self.streams.values()):
-            st.ended = True
-            st.cancel_scope.cancel()
-        self.window_open.set()
 
     async def shutdown(self) -> None:
         """End every open stream with UNAVAILABLE, then GOAWAY."""
-        for st in list(self.streams.values()):
-            self._end_stream(st, Status.UNAVAILABLE, "server shutting down")
-            st.cancel_scope.cancel()
-        if not self.closed:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.close_connection()
-            await self._flush()
-        self.closed = True
+        self._apply(self.core.shutdown())
+        await self._flush()
+        self._apply(self.core.close("shutdown"))
+
+
+_BLOCKED = (SendState.BLOCKED_STREAM, SendState.BLOCKED_CONNECTION)
+# Bytes handled per read: a flood of small frames is handled a slice at a time, with the other
+# connections' turns in between (clients send little else: one request, window updates).
+READ_BYTES = 16 * 1024
 
 
 class GrpcServer:
@@ -403,12 +311,17 @@ class GrpcServer:
         handlers: Mapping[str, Handler],
         *,
         ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
-        limits: ServerLimits = ServerLimits(),
+        limits: ServerLimits | None = None,
     ) -> None:
         self.handlers = dict(handlers)
         self.ssl_context = ssl_context
-        self.limits = limits
+        self.limits = limits = limits or ServerLimits()
         self.connections: set[Connection] = set()
+        self.request_pool = RequestPool(limits.max_buffered_request_bytes)
+        errors = limits.process_errors_per_second
+        self.process_errors = Rate(errors, errors * limits.burst_seconds)
+        self.probation = trio.CapacityLimiter(limits.probation_concurrency)
+        self.counters = Counters()
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -460,19 +373,21 @@ class GrpcServer:
                 metrics.LIMIT_HITS.labels("connections").inc()
                 await stream.aclose()
                 continue
-            nursery.start_soon(self._connection, stream)
+            try:
+                peer = stream.socket.getpeername()[:2]
+            except OSError:
+                await stream.aclose()
+                continue
+            nursery.start_soon(self._connection, stream, peer)
 
-    async def _connection(self, tcp: trio.SocketStream) -> None:
-        try:
-            peer = tcp.socket.getpeername()[:2]
-        except OSError:
-            return
-        stream: trio.abc.Stream = tcp
+    async def _connection(self, transport: trio.abc.Stream, peer: tuple[str, int] | None) -> None:
+        """Serve one accepted transport: TLS handshake (when configured), then HTTP/2."""
+        stream = transport
         peer_cert = None
         try:
             if self.ssl_context is not None:
                 ctx = self.ssl_context() if callable(self.ssl_context) else self.ssl_context
-                tls = trio.SSLStream(tcp, ctx, server_side=True)
+                tls = trio.SSLStream(transport, ctx, server_side=True)
                 with trio.move_on_after(self.limits.handshake_timeout) as handshake:
                     await tls.do_handshake()
                 if handshake.cancelled_caught:
@@ -483,15 +398,12 @@ class GrpcServer:
                     return
                 peer_cert = tls.getpeercert()
                 stream = tls
-            conn = Connection(self, stream, peer, peer_cert)
+            async with self.probation:  # a flood of new connections is set up a few at a time
+                conn = Connection(self, stream, peer, peer_cert)
             self.connections.add(conn)
             metrics.GRPC_CONNECTIONS.inc()
             try:
-                async with trio.open_nursery() as nursery:
-                    await conn.run(nursery)
-                    conn.closed = True
-                    conn._cancel_all()
-                    nursery.cancel_scope.cancel()
+                await conn.run()
             finally:
                 self.connections.discard(conn)
                 metrics.GRPC_CONNECTIONS.dec()

@@ -40,9 +40,13 @@ class Hub:
         reducer = self.reducer
         reducer.now = now
         route = self.subscriptions.route
+        track = self._offer is not None
         for delta in deltas:
             change_type: ChangeType = delta.type
             obj: Object = delta.obj
+            if track:  # what caused the changes, for the CloudEvents watermark and replay rule
+                reducer.cause_version = obj.metadata.resourceVersion
+                reducer.initial = getattr(delta, "initial", False)
             route(reducer.apply(change_type, delta.kind, obj), now)
         self.applied += len(deltas)
         if self._offer is not None and reducer.changes:

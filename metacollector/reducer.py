@@ -30,6 +30,8 @@ class Reducer:
     track_changes: bool = False  # collect cluster-wide ObjectChanges (for the CloudEvents sink)
     changes: list[ObjectChange] = field(default_factory=list)
     now: float = 0.0  # caller's clock, stamped on ObjectChanges
+    cause_version: str = ""  # the applied delta's resourceVersion, stamped on ObjectChanges
+    initial: bool = False  # whether the applied delta comes from a reflector's first list
 
     def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
         """Apply one change; return the (node, key) pairs it touched."""
@@ -286,6 +288,9 @@ class Reducer:
                 status=status,
                 refs=refs,
                 observed_at=self.now,
+                version=meta.resourceVersion,
+                cause_version=self.cause_version,
+                initial=self.initial,
             )
         )
 

@@ -25,6 +25,9 @@ class Receiver:
     requests: list[dict[str, str]] = field(default_factory=list)  # headers of every request
     final: dict[str, Any] = field(default_factory=dict)  # uid -> data, or "deleted"
     port: int = 0
+    token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     @property
     def url(self) -> str:
@@ -44,10 +47,17 @@ class Receiver:
                 break
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.requests.append(headers)
-        if self.delay:
-            await trio.sleep(self.delay)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await trio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         status, extra = 503, {}
-        if self.up:
+        if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+            status = 401
+        elif self.up:
             event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
             status, extra = self.respond(event) if self.respond else (202, {})
             if 200 <= status < 300:

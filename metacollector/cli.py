@@ -51,6 +51,31 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use streaming lists (sendInitialEvents) with fallback to list+watch",
     )
+    # CloudEvents with replicas (leader election) and an authenticated sink
+    p.add_argument("--cloudevents-ca", help="CA bundle (PEM) to verify an https:// sink")
+    p.add_argument(
+        "--cloudevents-token-file",
+        help="bearer token file sent to the sink, re-read when it changes (e.g. a projected "
+        "service account token for a Knative Broker's audience)",
+    )
+    p.add_argument(
+        "--cloudevents-replay",
+        action="store_true",
+        help="on start and takeover send objects that already existed as <kind>.replayed.v1",
+    )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="elect one replica (a coordination.k8s.io Lease) to emit CloudEvents",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        help="namespace of the Lease (default: the pod's own namespace)",
+    )
+    p.add_argument("--leader-election-id", default="metacollector-cloudevents", help="Lease name")
+    p.add_argument("--leader-elect-lease-duration", type=float, default=15.0)
+    p.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
+    p.add_argument("--leader-elect-retry-period", type=float, default=2.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +122,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_streams_per_connection=args.max_streams_per_connection,
         max_subscribers_per_node=args.max_subscribers_per_node,
         streaming_list=args.streaming_list,
+        cloudevents_ca=args.cloudevents_ca,
+        cloudevents_token_file=args.cloudevents_token_file,
+        cloudevents_replay=args.cloudevents_replay,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_id=args.leader_election_id,
+        leader_elect_lease_duration=args.leader_elect_lease_duration,
+        leader_elect_renew_deadline=args.leader_elect_renew_deadline,
+        leader_elect_retry_period=args.leader_elect_retry_period,
     )
 
 

@@ -39,6 +39,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from metacollector import metrics
 from metacollector.changes import ObjectChange
+from metacollector.kube.leader import Callbacks, LeaseRecord
 
 log = logging.getLogger("metacollector.cloudevents")
 
@@ -516,6 +517,38 @@ class CloudEventsSink:
         else:
             metrics.CE_FAILED.labels("http_4xx").inc()
             log.warning("cloudevent rejected", extra=fields)
+
+
+WATERMARK_ANNOTATION = "metacollector.falcosecurity.org/cloudevents-watermark"
+
+
+def election_callbacks(sink: CloudEventsSink) -> Callbacks:
+    """Leadership drives the sink; the sink's watermark travels on the Lease."""
+
+    def watermark_of(record: LeaseRecord | None) -> int | None:
+        if record is None or WATERMARK_ANNOTATION not in record.annotations:
+            return None
+        return resource_version(record.annotations[WATERMARK_ANNOTATION])
+
+    def annotations() -> dict[str, str]:
+        mark = sink.watermark()
+        return {} if mark is None else {WATERMARK_ANNOTATION: str(mark)}
+
+    def observed(record: LeaseRecord) -> None:
+        mark = watermark_of(record)
+        if mark is not None:
+            sink.forget_through(mark)
+
+    async def before_release() -> None:
+        await sink.stopped.wait()
+
+    return Callbacks(
+        started=lambda previous: sink.lead(watermark_of(previous)),
+        stopped=sink.stand_by,
+        annotations=annotations,
+        observed=observed,
+        before_release=before_release,
+    )
 
 
 def backoff_wait(wait: float, maximum: float, unit: float) -> float:

@@ -58,6 +58,16 @@ class Settings:
     max_streams_per_connection: int = 1024
     max_subscribers_per_node: int = 256
     streaming_list: bool = False
+    # CloudEvents with replicas and an authenticated sink (issues 15 and 19)
+    cloudevents_ca: str | None = None
+    cloudevents_token_file: str | None = None
+    cloudevents_replay: bool = False
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None
+    leader_election_id: str = "metacollector-cloudevents"
+    leader_elect_lease_duration: float = 15.0
+    leader_elect_renew_deadline: float = 10.0
+    leader_elect_retry_period: float = 2.0
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):
@@ -78,6 +88,16 @@ class Settings:
                 BindAddress.parse(flag, value)
         if self.stall_timeout <= 0:
             raise SettingsError("--stall-timeout must be positive")
+        if not (
+            self.leader_elect_lease_duration
+            > self.leader_elect_renew_deadline
+            > 1.2 * self.leader_elect_retry_period
+            > 0
+        ):
+            raise SettingsError(
+                "--leader-elect-lease-duration > --leader-elect-renew-deadline > "
+                "1.2 x --leader-elect-retry-period > 0 is required"
+            )
 
     @property
     def sink_url(self) -> str | None:

@@ -252,7 +252,11 @@ async def run_election(
         else:
             response = await client.put(path, json=body)
         if response.status_code not in (200, 201):
-            log.debug("lease write refused", extra={"status": response.status_code})
+            if response.status_code != 409:  # a conflict is a lost race; anything else is not
+                log.warning(
+                    "lease write refused",
+                    extra={"status": response.status_code, "body": response.text[:300]},
+                )
             return False
         record, rv = parse_lease(response.json())
         if elector.succeeded(record, rv, trio.current_time()):

@@ -22,6 +22,7 @@ class Receiver:
     delay: float = 0.0
     respond: Callable[[BaseCloudEvent], tuple[int, dict[str, str]]] | None = None
     events: list[BaseCloudEvent] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # trio.current_time() of each event
     requests: list[dict[str, str]] = field(default_factory=list)  # headers of every request
     final: dict[str, Any] = field(default_factory=dict)  # uid -> data, or "deleted"
     port: int = 0
@@ -42,6 +43,8 @@ class Receiver:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":  # the sender died mid-request
+                return
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
@@ -62,6 +65,7 @@ class Receiver:
             status, extra = self.respond(event) if self.respond else (202, {})
             if 200 <= status < 300:
                 self.events.append(event)
+                self.times.append(trio.current_time())
                 data = data_of(event)
                 self.final[data["uid"]] = "deleted" if data["reason"] == "Delete" else data
         await send(

@@ -115,7 +115,9 @@ async def serve(
         if sink_settings is not None
         else None
     )
-    hub = Hub(offer=sink.offer if sink is not None else None)
+    hub = (
+        Hub(offer=sink.offer, progress=sink.progress) if sink is not None else Hub(offer=None)
+    )
     ssl_context = None
     if settings.server_cert and settings.server_key:
         ssl_context = server_ssl_context(

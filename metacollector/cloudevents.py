@@ -26,7 +26,7 @@ import os
 import random
 import ssl
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -268,6 +268,14 @@ class CloudEventsSink:
         self._remember(change, cause)
         if self.role is Role.LEADING:
             self._admit(change, cause, live=True)
+
+    def progress(self, deltas: Sequence[Any]) -> None:
+        """The hub applied these watch events: the watermark may pass them even where they
+        changed nothing we send (else a first list would see them above it)."""
+        for delta in deltas:
+            cause = resource_version(delta.obj.metadata.resourceVersion)
+            if cause > self.observed:
+                self.observed = cause
 
     def _remember(self, change: ObjectChange, cause: int) -> None:
         recent = self.recent

@@ -23,11 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, offer: Callable[[ObjectChange], None] | None = None) -> None:
+    def __init__(
+        self,
+        offer: Callable[[ObjectChange], None] | None = None,
+        progress: Callable[[Sequence[Any]], None] | None = None,
+    ) -> None:
         self.reducer = Reducer(track_changes=offer is not None)
         self.state = self.reducer.state
         self.subscriptions = Subscriptions(self.state)
         self._offer = offer
+        self._progress = progress  # every applied batch, changes or not (CloudEvents watermark)
         self.applied = 0
         metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
         for kind in KINDS:
@@ -53,6 +58,8 @@ class Hub:
             for change in reducer.changes:
                 self._offer(change)
             reducer.changes.clear()
+        if self._progress is not None:
+            self._progress(deltas)
 
     async def run(self, deltas: trio.MemoryReceiveChannel[Sequence[Any]]) -> None:
         """Consume reflector batches until every sender closed its end."""

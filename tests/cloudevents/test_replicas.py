@@ -123,6 +123,13 @@ async def test_watermark_stays_below_what_is_undelivered(nursery: trio.Nursery) 
     receiver.up = True
     await drained(sink, receiver, 5)
     assert sink.watermark() == 204
+    from metacollector.kube.reflector import Delta
+    from metacollector.model import Metadata, ObjectMeta
+
+    # a watch event that changed nothing we send (a Deployment's replicas) still passes it: a
+    # successor's first list must not see that Deployment above the watermark
+    sink.progress([Delta("MODIFIED", "Deployment", Metadata(ObjectMeta(resourceVersion="230")))])
+    assert sink.watermark() == 230
     sink.stand_by()
     assert sink.watermark() is None  # only a leader writes one
 

@@ -110,14 +110,14 @@ async def serve(
         replay=settings.cloudevents_replay,
     )
     election = election_config(settings) if sink_settings is not None else None
+    if settings.leader_elect and sink_settings is None:
+        log.info("--leader-elect without a CloudEvents sink: nothing to elect a leader for")
     sink = (
         CloudEventsSink(sink_settings, Role.STANDBY if election else Role.LEADING)
         if sink_settings is not None
         else None
     )
-    hub = (
-        Hub(offer=sink.offer, progress=sink.progress) if sink is not None else Hub(offer=None)
-    )
+    hub = Hub(offer=sink.offer, progress=sink.progress) if sink is not None else Hub(offer=None)
     ssl_context = None
     if settings.server_cert and settings.server_key:
         ssl_context = server_ssl_context(

@@ -214,3 +214,26 @@ async def test_two_candidates_one_leader_partition_and_takeover(
         assert a.events[2][1] == "started" and a.events[2][0] - released <= 2 * 3.4
         assert api.doc["spec"]["leaseTransitions"] == 2
         nursery.cancel_scope.cancel()
+
+
+def test_flags_controller_runtime_names_and_checks() -> None:
+    from metacollector.app import election_config
+    from metacollector.cli import build_parser, settings_from_args
+    from metacollector.cloudevents import SinkConfigError
+    from metacollector.settings import SettingsError
+
+    def run(*argv: str):  # type: ignore[no-untyped-def]
+        return settings_from_args(build_parser().parse_args(["run", *argv]))
+
+    assert election_config(run()) is None  # off by default, as in controller-runtime
+    s = run("--leader-elect", "--leader-election-namespace=falco", "--leader-election-id=ce")
+    cfg = election_config(s)
+    assert cfg is not None and (cfg.namespace, cfg.name) == ("falco", "ce")
+    assert (cfg.lease_duration, cfg.renew_deadline, cfg.retry_period) == (15.0, 10.0, 2.0)
+    assert cfg.identity != election_config(s).identity  # type: ignore[union-attr]
+    with pytest.raises(SinkConfigError, match="--leader-election-namespace"):
+        election_config(run("--leader-elect"))  # outside a cluster: no namespace file
+    with pytest.raises(SettingsError, match="renew-deadline"):
+        run("--leader-elect-renew-deadline=20")
+    t = run("--cloudevents-token-file=/t", "--cloudevents-ca=/ca", "--cloudevents-replay")
+    assert (t.cloudevents_token_file, t.cloudevents_ca, t.cloudevents_replay) == ("/t", "/ca", True)

@@ -167,3 +167,25 @@ async def test_bearer_token_from_file_rotated_without_restart_and_401_counted(
         while metrics.CE_FAILED.labels("unauthorized")._value.get() == unauthorized:
             await trio.sleep(0.01)
     assert [data_of(e)["uid"] for e in receiver.events] == ["t1", "t2"]
+
+
+async def test_losing_leadership_cancels_in_flight_and_drops_the_queue(
+    nursery: trio.Nursery,
+) -> None:
+    receiver = await start_receiver(nursery, delay=5.0)
+    sink = CloudEventsSink(settings(receiver, senders=2))
+    await nursery.start(sink.run)
+    for i in range(5):
+        sink.offer(at(change("Pod", uid=f"l{i}"), 300 + i))
+    with trio.fail_after(5):
+        while receiver.in_flight < 2:
+            await trio.sleep(0.01)
+    sink.stand_by()
+    assert not sink.pending and sink.role is Role.STANDBY
+    with trio.fail_after(2):  # cancelled, not waiting for the 5 s answers
+        while sink.in_flight:
+            await trio.sleep(0.01)
+    sink.offer(at(change("Pod", uid="later"), 400))  # remembered for a takeover, not sent
+    assert "later" in sink.recent and not sink.pending
+    await trio.sleep(0.5)
+    assert len(receiver.requests) == 2 and receiver.events == []

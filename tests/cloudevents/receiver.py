@@ -29,10 +29,11 @@ class Receiver:
     token: str | None = None  # when set, requests must carry "Authorization: Bearer <token>"
     in_flight: int = 0
     max_in_flight: int = 0
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -83,10 +84,16 @@ def data_of(event: BaseCloudEvent) -> dict[str, Any]:
     return json.loads(data) if isinstance(data, bytes | str) else data  # type: ignore[return-value]
 
 
-async def start_receiver(nursery: trio.Nursery, **kwargs: Any) -> Receiver:
+async def start_receiver(
+    nursery: trio.Nursery, tls: tuple[str, str] | None = None, **kwargs: Any
+) -> Receiver:
+    """``tls``: (certificate file, key file) to serve https."""
     receiver = Receiver(**kwargs)
     config = Config()
     config.bind = ["127.0.0.1:0"]
+    if tls is not None:
+        config.certfile, config.keyfile = tls
+        receiver.scheme = "https"
     config.accesslog = None
     binds = await nursery.start(partial(serve, receiver.app, config, mode="asgi"))
     receiver.port = int(binds[0].rsplit(":", 1)[1])

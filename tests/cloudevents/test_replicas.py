@@ -189,3 +189,36 @@ async def test_losing_leadership_cancels_in_flight_and_drops_the_queue(
     assert "later" in sink.recent and not sink.pending
     await trio.sleep(0.5)
     assert len(receiver.requests) == 2 and receiver.events == []
+
+
+async def test_https_sink_verified_with_its_ca_and_token(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """--cloudevents-ca: the sink's certificate is verified against it (and the token rides
+    inside TLS); without the CA the same sink is refused as untrusted."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "token").write_text("tok")
+    receiver = await start_receiver(
+        nursery, tls=(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")), token="tok"
+    )
+    untrusted = CloudEventsSink(settings(receiver, senders=1, max_attempts=2))
+    await nursery.start(untrusted.run)
+    exhausted = metrics.CE_FAILED.labels("retries_exhausted")._value.get()
+    untrusted.offer(change("Pod", uid="refused"))
+    with trio.fail_after(5):
+        while metrics.CE_FAILED.labels("retries_exhausted")._value.get() == exhausted:
+            await trio.sleep(0.01)
+    sink = CloudEventsSink(
+        settings(receiver, ca_file=str(tmp_path / "ca.pem"), token_file=str(tmp_path / "token"))
+    )
+    await nursery.start(sink.run)
+    sink.offer(change("Pod", uid="over-tls"))
+    await drained(sink, receiver, 1)
+    assert [data_of(e)["uid"] for e in receiver.events] == ["over-tls"]
+    assert receiver.url.startswith("https://")

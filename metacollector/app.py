@@ -21,7 +21,6 @@ import trio
 from metacollector import allocator, metrics
 from metacollector.cloudevents import (
     CloudEventsSink,
-    Role,
     SinkConfigError,
     election_callbacks,
     settings_from_env,
@@ -113,7 +112,7 @@ async def serve(
     if settings.leader_elect and sink_settings is None:
         log.info("--leader-elect without a CloudEvents sink: nothing to elect a leader for")
     sink = (
-        CloudEventsSink(sink_settings, Role.STANDBY if election else Role.LEADING)
+        CloudEventsSink(sink_settings, elected=election is not None)
         if sink_settings is not None
         else None
     )

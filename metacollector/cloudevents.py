@@ -238,9 +238,12 @@ class BearerToken:
 
 
 class CloudEventsSink:
-    def __init__(self, settings: SinkSettings, role: Role = Role.LEADING) -> None:
+    def __init__(self, settings: SinkSettings, elected: bool = False) -> None:
+        """``elected``: one of several replicas under leader election (starts standing by and
+        remembers recent changes for a takeover); otherwise the only sender, from the start."""
         self.settings = settings
-        self.role = role
+        self.elected = elected
+        self.role = Role.STANDBY if elected else Role.LEADING
         self.pending: OrderedDict[str, ObjectChange] = OrderedDict()
         self.in_flight: dict[str, ObjectChange] = {}
         self.replays: set[str] = set()  # uids whose pending change is a replay
@@ -265,7 +268,8 @@ class CloudEventsSink:
             return
         if s.namespaces is not None and change.namespace and change.namespace not in s.namespaces:
             return
-        self._remember(change, cause)
+        if self.elected:
+            self._remember(change, cause)
         if self.role is Role.LEADING:
             self._admit(change, cause, live=True)
 
@@ -317,9 +321,10 @@ class CloudEventsSink:
             self.pending[change.uid] = change
         if replay:
             self.replays.add(change.uid)
-        else:
+        elif self.replays:
             self.replays.discard(change.uid)
-        self._lot.unpark()
+        if self._lot:  # an idle sender: wake one (unpark on an empty lot still costs ~1 us)
+            self._lot.unpark()
 
     def _drop_one(self) -> None:
         """Queue full: drop the oldest pending non-Delete (final Deletes are kept if possible)."""

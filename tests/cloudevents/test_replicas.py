@@ -49,7 +49,7 @@ async def test_first_list_is_not_announced_live_changes_are(nursery: trio.Nurser
 async def test_restart_sends_only_what_changed_after_the_watermark(nursery: trio.Nursery) -> None:
     """A restarted single replica leads with the watermark its predecessor left on the Lease."""
     receiver = await start_receiver(nursery)
-    sink = CloudEventsSink(settings(receiver, senders=1), Role.STANDBY)
+    sink = CloudEventsSink(settings(receiver, senders=1), elected=True)
     await nursery.start(sink.run)
     for i in range(20):  # the first list: rv 1..20; the predecessor had delivered up to 15
         sink.offer(at(change("Service", uid=f"s{i + 1}"), i + 1, initial=True))
@@ -71,10 +71,11 @@ async def test_takeover_delivers_the_gap_with_first_delivery_ids(nursery: trio.N
     """Leader A delivers up to its watermark and dies; follower B remembered everything and sends
     only what lies above A's watermark, with the ids A used for what A had sent meanwhile."""
     receiver = await start_receiver(nursery)
-    a = CloudEventsSink(settings(receiver, senders=1))
-    b = CloudEventsSink(settings(receiver, senders=1), Role.STANDBY)
+    a = CloudEventsSink(settings(receiver, senders=1), elected=True)
+    b = CloudEventsSink(settings(receiver, senders=1), elected=True)
     await nursery.start(a.run)
     await nursery.start(b.run)
+    a.lead(None)  # a new Lease: no watermark yet
     changes = [at(change("Pod", uid=f"p{i}"), 100 + i) for i in range(10)]
     changes += [at(change("Pod", "Update", uid="p0", labels={"v": "2"}), 110)]
     changes += [at(change("Pod", "Delete", uid="p1"), 111)]
@@ -173,8 +174,9 @@ async def test_losing_leadership_cancels_in_flight_and_drops_the_queue(
     nursery: trio.Nursery,
 ) -> None:
     receiver = await start_receiver(nursery, delay=5.0)
-    sink = CloudEventsSink(settings(receiver, senders=2))
+    sink = CloudEventsSink(settings(receiver, senders=2), elected=True)
     await nursery.start(sink.run)
+    sink.lead(None)
     for i in range(5):
         sink.offer(at(change("Pod", uid=f"l{i}"), 300 + i))
     with trio.fail_after(5):

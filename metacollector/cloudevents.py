@@ -282,31 +282,47 @@ class CloudEventsSink:
                 self.observed = cause
 
     def _remember(self, change: ObjectChange, cause: int) -> None:
+        """Keep the latest state per uid. Its cause is the highest of the changes merged into
+        it: a first-list refresh of a pod (caused by an older Service) must not hide that the
+        pod itself changed above the watermark. Once a live change is in, it is not initial."""
         recent = self.recent
         old = recent.pop(change.uid, None)
         created = 0
         if change.reason == "Create" and not change.initial:
             created = cause
-        elif change.reason == "Update" and old is not None:
-            created = old.created
+        elif old is not None:
+            cause = max(cause, old.cause)
+            if change.reason == "Update":
+                created = old.created
+            if change.initial and not old.change.initial:
+                change = replace(change, initial=False)
         recent[change.uid] = Recent(change, cause, created)
         if len(recent) > self.settings.recent_size:
             _, oldest = recent.popitem(last=False)
             self.forgotten = max(self.forgotten, oldest.cause)
 
     def _admit(self, change: ObjectChange, cause: int, live: bool) -> None:
-        """Queue a change unless the sink already has it (the baseline rule)."""
+        """Queue a change unless the sink already has it (the baseline rule). A change of a uid
+        already queued always joins it, so what is sent is the latest state."""
         base = self.baseline
+        uid = change.uid
+        queued = uid in self.pending
         replay = False
         if change.initial:
             if base is None or cause <= base:  # existed, and was delivered (or never asked)
-                if not self.settings.replay:
+                if uid in self.replays or (not queued and self.settings.replay):
+                    replay = True
+                elif not queued:
                     metrics.CE_SKIPPED.labels("existed").inc()
                     return
-                replay = True
             else:  # changed while no replica was delivering (created or updated: unknown)
                 change = replace(change, reason="Update")
-        elif base is not None and cause <= base and not (live and change.reason == "Delete"):
+        elif (
+            base is not None
+            and cause <= base
+            and not queued
+            and not (live and change.reason == "Delete")
+        ):
             metrics.CE_SKIPPED.labels("delivered").inc()
             return
         self._enqueue(change, replay)

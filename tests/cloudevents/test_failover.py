@@ -20,7 +20,11 @@ import pytest
 import trio
 
 from metacollector.emulator.churn import run_churn
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+
+try:  # h-emulator renames harness.py to inprocess.py
+    from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
+except ImportError:
+    from metacollector.emulator.harness import EmulatorHandle, running_emulator  # type: ignore[no-redef]
 from tests.cloudevents.receiver import Receiver, data_of, start_receiver
 from tests.e2e.cluster import Cluster
 from tests.e2e.conftest import REAL_KUBECONFIG

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit
 import trio
 
 from metacollector import allocator, metrics
-from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
+from metacollector.cloudevents import (
+    CloudEventsSink,
+    SinkConfigError,
+    election_callbacks,
+    settings_from_env,
+)
 from metacollector.departures import DepartureLog
 from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
@@ -31,6 +36,7 @@ from metacollector.hub import Hub
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.client import make_client
 from metacollector.kube.config import KubeConfig, KubeConfigError, load_config
+from metacollector.kube.leader import ElectionConfig, default_identity, run_election
 from metacollector.kube.reflector import Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.log import configure_logging
@@ -86,10 +92,21 @@ async def serve(
         settings.cloudevents_sink,
         settings.cloudevents_source or default_source(cfg),
         mode=settings.cloudevents_mode,
+        ca_file=settings.cloudevents_ca,
+        token_file=settings.cloudevents_token_file,
+        replay=settings.cloudevents_replay,
     )
-    sink = CloudEventsSink(sink_settings) if sink_settings is not None else None
+    election = election_config(settings) if sink_settings is not None else None
+    if settings.leader_elect and sink_settings is None:
+        log.info("--leader-elect without a CloudEvents sink: nothing to elect a leader for")
+    sink = (
+        CloudEventsSink(sink_settings, elected=election is not None)
+        if sink_settings is not None
+        else None
+    )
     hub = Hub(
         offer=sink.offer if sink is not None else None,
+        progress=sink.progress if sink is not None else None,
         departures=DepartureLog(
             settings.departure_window, max_entries=settings.departure_max_entries
         ),
@@ -141,6 +158,8 @@ async def serve(
             nursery.start_soon(ssl_context.run)
         if sink is not None:
             await nursery.start(sink.run)
+            if election is not None:
+                nursery.start_soon(run_election, client, election, election_callbacks(sink))
         grpc_listening = False
         readiness = Readiness()
         readiness.add_check("reflectors", relist_check(reflectors, readiness_grace))
@@ -157,6 +176,32 @@ async def serve(
                 hub, grpc_port, metrics_port, health_port, reflectors, nursery.cancel_scope, server
             )
         )
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def election_config(settings: Settings) -> ElectionConfig | None:
+    """The Lease to campaign for, with --leader-elect (only CloudEvents need one emitter)."""
+    if not settings.leader_elect:
+        return None
+    namespace = settings.leader_election_namespace
+    if not namespace:
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+                namespace = f.read().strip()
+        except OSError:
+            raise SinkConfigError(
+                "--leader-elect outside a cluster needs --leader-election-namespace"
+            ) from None
+    return ElectionConfig(
+        identity=default_identity(),
+        namespace=namespace,
+        name=settings.leader_election_id,
+        lease_duration=settings.leader_elect_lease_duration,
+        renew_deadline=settings.leader_elect_renew_deadline,
+        retry_period=settings.leader_elect_retry_period,
+    )
 
 
 async def _main(settings: Settings) -> None:

@@ -26,3 +26,6 @@ class ObjectChange:
     status: bytes | None  # pods only: {"podIP":...} or {}
     refs: dict[str, list[str]] | None  # pods only: kind -> UIDs
     observed_at: float  # trio.current_time() / time.monotonic() when the reducer saw it
+    version: str = ""  # the object's metadata.resourceVersion (for the CloudEvent id)
+    cause_version: str = ""  # resourceVersion of the watch event that caused this change
+    initial: bool = False  # caused by a reflector's first list (the object already existed)

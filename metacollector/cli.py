@@ -78,6 +78,31 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ENTRIES,
         help="at most this many departures remembered in all (the oldest go first)",
     )
+    # CloudEvents with replicas (leader election) and an authenticated sink
+    p.add_argument("--cloudevents-ca", help="CA bundle (PEM) to verify an https:// sink")
+    p.add_argument(
+        "--cloudevents-token-file",
+        help="bearer token file sent to the sink, re-read when it changes (e.g. a projected "
+        "service account token for a Knative Broker's audience)",
+    )
+    p.add_argument(
+        "--cloudevents-replay",
+        action="store_true",
+        help="on start and takeover send objects that already existed as <kind>.replayed.v1",
+    )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="elect one replica (a coordination.k8s.io Lease) to emit CloudEvents",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        help="namespace of the Lease (default: the pod's own namespace)",
+    )
+    p.add_argument("--leader-election-id", default="metacollector-cloudevents", help="Lease name")
+    p.add_argument("--leader-elect-lease-duration", type=float, default=15.0)
+    p.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
+    p.add_argument("--leader-elect-retry-period", type=float, default=2.0)
 
 
 # The commands that run the API server emulator. Only they import it: ``run`` must not load the
@@ -142,6 +167,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         streaming_list=args.streaming_list,
         departure_window=args.departure_window,
         departure_max_entries=args.departure_max_entries,
+        cloudevents_ca=args.cloudevents_ca,
+        cloudevents_token_file=args.cloudevents_token_file,
+        cloudevents_replay=args.cloudevents_replay,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_id=args.leader_election_id,
+        leader_elect_lease_duration=args.leader_elect_lease_duration,
+        leader_elect_renew_deadline=args.leader_elect_renew_deadline,
+        leader_elect_retry_period=args.leader_elect_retry_period,
     )
 
 

@@ -29,6 +29,7 @@ class Hub:
     def __init__(
         self,
         offer: Callable[[ObjectChange], None] | None = None,
+        progress: Callable[[Sequence[Any]], None] | None = None,
         departures: DepartureLog | None = None,
     ) -> None:
         self.reducer = Reducer(track_changes=offer is not None, track_departures=True)
@@ -37,6 +38,7 @@ class Hub:
         self.subscriptions = Subscriptions(self.state, self.departures)
         metrics.DEPARTURES_HELD.set_function(self.departures.__len__)
         self._offer = offer
+        self._progress = progress  # every applied batch, changes or not (CloudEvents watermark)
         self.applied = 0
         metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
         for kind in KINDS:
@@ -49,9 +51,13 @@ class Hub:
         reducer = self.reducer
         reducer.now = now
         route = self.subscriptions.route
+        track = self._offer is not None
         for delta in deltas:
             change_type: ChangeType = delta.type
             obj: Object = delta.obj
+            if track:  # what caused the changes, for the CloudEvents watermark and replay rule
+                reducer.cause_version = obj.metadata.resourceVersion
+                reducer.initial = getattr(delta, "initial", False)
             route(reducer.apply(change_type, delta.kind, obj), now)
         self.applied += len(deltas)
         if reducer.departed:
@@ -60,6 +66,8 @@ class Hub:
             for change in reducer.changes:
                 self._offer(change)
             reducer.changes.clear()
+        if self._progress is not None:
+            self._progress(deltas)
 
     def _record_departures(self, now: float) -> None:
         evicted = self.departures.record(self.reducer.departed, now)

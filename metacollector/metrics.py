@@ -162,6 +162,18 @@ CE_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+CE_SKIPPED = Counter(
+    "metacollector_cloudevents_skipped",
+    "Changes not sent because the sink already has them (existed: an object of the first list "
+    "at or below the watermark; delivered: a change a previous leader delivered).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "metacollector_leader_election_is_leader",
+    "1 while this replica holds the leader election Lease (it alone emits CloudEvents).",
+    registry=REGISTRY,
+)
 CE_QUEUE_DEPTH = Gauge(
     "metacollector_cloudevents_queue_depth", "CloudEvents waiting for delivery.", registry=REGISTRY
 )

@@ -34,6 +34,8 @@ class Reducer:
     track_departures: bool = False
     departed: list[tuple[str, Key]] = field(default_factory=list)
     now: float = 0.0  # caller's clock, stamped on ObjectChanges
+    cause_version: str = ""  # the applied delta's resourceVersion, stamped on ObjectChanges
+    initial: bool = False  # whether the applied delta comes from a reflector's first list
 
     def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
         """Apply one change; return the (node, key) pairs it touched."""
@@ -308,6 +310,9 @@ class Reducer:
                 status=status,
                 refs=refs,
                 observed_at=self.now,
+                version=meta.resourceVersion,
+                cause_version=self.cause_version,
+                initial=self.initial,
             )
         )
 

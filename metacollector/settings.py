@@ -66,6 +66,16 @@ class Settings:
     # departure log (issue 15): how long and how many view departures are remembered
     departure_window: float = DEFAULT_WINDOW
     departure_max_entries: int = DEFAULT_MAX_ENTRIES
+    # CloudEvents with replicas and an authenticated sink (issues 15 and 19)
+    cloudevents_ca: str | None = None
+    cloudevents_token_file: str | None = None
+    cloudevents_replay: bool = False
+    leader_elect: bool = False
+    leader_election_namespace: str | None = None
+    leader_election_id: str = "metacollector-cloudevents"
+    leader_elect_lease_duration: float = 15.0
+    leader_elect_renew_deadline: float = 10.0
+    leader_elect_retry_period: float = 2.0
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):
@@ -93,6 +103,16 @@ class Settings:
             raise SettingsError("--departure-max-entries must be positive")
         if not 1024 <= self.max_request_message_size <= 16 * 1024 * 1024:
             raise SettingsError("--max-request-message-size must be between 1 KiB and 16 MiB")
+        if not (
+            self.leader_elect_lease_duration
+            > self.leader_elect_renew_deadline
+            > 1.2 * self.leader_elect_retry_period
+            > 0
+        ):
+            raise SettingsError(
+                "--leader-elect-lease-duration > --leader-elect-renew-deadline > "
+                "1.2 x --leader-elect-retry-period > 0 is required"
+            )
 
     @property
     def sink_url(self) -> str | None:

@@ -68,6 +68,7 @@ class Delta(Generic[T]):
     type: Literal["ADDED", "MODIFIED", "DELETED"]
     kind: str
     obj: T
+    initial: bool = False  # from the reflector's first list: the object existed before we ran
 
 
 class Expired(Exception):
@@ -330,11 +331,12 @@ class Reflector(Generic[T]):
     async def _replace(self, items: dict[str, T], rv: str) -> None:
         """Hand on the difference between the store and a fresh list; adopt the list."""
         store = self.store
+        initial = not self.synced.is_set()
         deltas: list[Delta[Any]] = []
         for uid, obj in items.items():
             old = store.get(uid)
             if old is None:
-                deltas.append(Delta("ADDED", self.kind, obj))
+                deltas.append(Delta("ADDED", self.kind, obj, initial))
             elif old.metadata.resourceVersion != obj.metadata.resourceVersion:
                 deltas.append(Delta("MODIFIED", self.kind, obj))
         deltas.extend(

@@ -27,6 +27,7 @@ async def chaos(nursery: trio.Nursery) -> AsyncIterator[Chaos]:
         broker_bind=BindAddress("127.0.0.1", 0),
         stall_timeout=2.0,
         cloudevents_sink=f"http://127.0.0.1:{receiver.port}/",
+        cloudevents_replay=True,  # the receiver must also hold the objects that existed at start
     )
     async for env in start_env(
         nursery, settings, nodes=NODES, pods_per_node=6, bookmark_interval=0.5

@@ -9,16 +9,15 @@ import pytest
 import trio
 
 from metacollector import metrics
-from metacollector.changes import ObjectChange
 from metacollector.cloudevents import (
     CloudEventsSink,
     SinkConfigError,
-    SinkSettings,
     coalesce,
     settings_from_env,
 )
 from metacollector.model import KINDS
 from metacollector.testing.receiver import Receiver, data_of, start_receiver
+from tests.support.cloudevents import change, settings
 
 SUBJECTS = {
     "Pod": "/api/v1/namespaces/shop/pods/obj-pod",
@@ -29,41 +28,6 @@ SUBJECTS = {
     "ReplicaSet": "/apis/apps/v1/namespaces/shop/replicasets/obj-replicaset",
     "DaemonSet": "/apis/apps/v1/namespaces/shop/daemonsets/obj-daemonset",
 }
-
-
-def change(
-    kind: str,
-    reason: str = "Create",
-    uid: str | None = None,
-    labels: dict[str, str] | None = None,
-    node: str = "n1",
-) -> ObjectChange:
-    name = f"obj-{kind.lower()}"
-    ns = "" if kind == "Namespace" else "shop"
-    meta = {
-        "name": name,
-        "uid": uid or f"uid-{kind}",
-        **({"namespace": ns} if ns else {}),
-        **({"labels": labels} if labels else {}),
-    }
-    pod = kind == "Pod" and reason != "Delete"
-    return ObjectChange(
-        reason=reason,
-        kind=kind,
-        uid=uid or f"uid-{kind}",
-        namespace=ns,
-        name=name,  # type: ignore[arg-type]
-        node=node if kind == "Pod" else "",
-        meta=json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-        status=b'{"podIP":"10.0.0.1"}' if pod else None,
-        refs={"Namespace": ["ns-uid"], "Service": []} if pod else None,
-        observed_at=0.0,
-    )
-
-
-def settings(receiver: Receiver, **kw: object) -> SinkSettings:
-    base = {"backoff_initial": 0.05, "backoff_max": 0.2, "flush_timeout": 2.0}
-    return SinkSettings(url=receiver.url, source="/metacollector/test", **{**base, **kw})  # type: ignore[arg-type]
 
 
 async def deliver_all(
@@ -159,7 +123,7 @@ async def test_receiver_down_then_up_every_final_state_arrives_drops_counted(
 async def test_429_retry_after_is_honoured(nursery: trio.Nursery) -> None:
     answers = iter([(429, {"Retry-After": "1"}), (202, {})])
     receiver = await start_receiver(nursery, respond=lambda e: next(answers))
-    sink = CloudEventsSink(settings(receiver, senders=1))
+    sink = CloudEventsSink(settings(receiver, senders=1, backoff_max=5.0))
     await nursery.start(sink.run)
     retried = metrics.CE_RETRIED._value.get()
     start = trio.current_time()
@@ -292,3 +256,63 @@ async def test_end_to_end_from_cluster_changes(nursery: trio.Nursery) -> None:
         assert e.get_extension("k8snode") == "node-1"
         assert e.get_source().startswith("/metacollector/")
         running.cancel_scope.cancel()
+
+
+async def test_each_sender_has_a_request_in_flight(nursery: trio.Nursery) -> None:
+    """4 senders and a sink answering in 1 s: 4 requests in flight (one shared wake-up gave 1)."""
+    receiver = await start_receiver(nursery, delay=1.0)
+    sink = CloudEventsSink(settings(receiver, senders=4))
+    await nursery.start(sink.run)
+    for i in range(12):
+        sink.offer(change("Pod", uid=f"w{i}"))
+        await trio.sleep(0)  # offered one by one, as the hub does
+    with trio.fail_after(5):
+        while receiver.max_in_flight < 4:
+            await trio.sleep(0.01)
+    await deliver_all(receiver, sink, 12)
+    assert receiver.max_in_flight == 4
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["inf", "1e300", "99999999999", "Fri, 31 Dec 9999 23:59:59 GMT"]
+)
+async def test_retry_after_capped_at_backoff_max(nursery: trio.Nursery, retry_after: str) -> None:
+    answers = iter([(503, {"Retry-After": retry_after}), (202, {})])
+    receiver = await start_receiver(nursery, respond=lambda e: next(answers))
+    sink = CloudEventsSink(settings(receiver, senders=1, backoff_max=0.3))
+    await nursery.start(sink.run)
+    retried = metrics.CE_RETRIED._value.get()
+    sink.offer(change("Deployment"))
+    await deliver_all(receiver, sink, 1, timeout=5)  # uncapped: never (or in 10^11 s)
+    assert metrics.CE_RETRIED._value.get() - retried == 1  # the Retry-After answer came first
+    assert len(receiver.requests) == 2
+
+
+async def test_redirect_is_its_own_failure_reason(nursery: trio.Nursery) -> None:
+    receiver = await start_receiver(nursery, respond=lambda e: (307, {"Location": "http://x/"}))
+    sink = CloudEventsSink(settings(receiver, senders=1))
+    await nursery.start(sink.run)
+    failed_3xx = metrics.CE_FAILED.labels("http_3xx")._value.get()
+    failed_4xx = metrics.CE_FAILED.labels("http_4xx")._value.get()
+    sink.offer(change("Service"))
+    with trio.fail_after(5):
+        while metrics.CE_FAILED.labels("http_3xx")._value.get() == failed_3xx:
+            await trio.sleep(0.01)
+    assert metrics.CE_FAILED.labels("http_4xx")._value.get() == failed_4xx
+    assert len(receiver.requests) == 1  # neither followed nor retried
+
+
+def test_event_id_is_a_function_of_the_object_version() -> None:
+    from dataclasses import replace
+
+    from metacollector.cloudevents import event_id, to_cloudevent
+
+    v1 = replace(change("Pod", "Create", uid="p"), version="41", cause_version="41")
+    assert event_id(v1) == event_id(replace(v1, observed_at=9.0, cause_version="77"))
+    assert event_id(v1) == event_id(replace(v1, reason="Update"))  # one state, one event
+    assert event_id(v1) != event_id(replace(v1, version="42"))
+    assert event_id(v1) != event_id(replace(v1, refs={"Service": ["s"]}))  # refs moved alone
+    gone = replace(v1, reason="Delete", version="50", status=None, refs=None)
+    assert event_id(gone) == event_id(replace(gone, version="49", meta=b"{}"))
+    assert event_id(gone) != event_id(replace(gone, uid="q"))
+    assert to_cloudevent(v1, "/s").get_id() == event_id(v1)

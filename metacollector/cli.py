@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from metacollector import __version__
 from metacollector.settings import BindAddress, Settings, SettingsError
+from metacollector.zapflags import ZapFlags, add_zap_flags
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -35,8 +37,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--cloudevents-source", help="CloudEvents source (default /metacollector/<cluster>)"
     )
     p.add_argument("--cloudevents-mode", choices=["binary", "structured"], default="binary")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    p.add_argument("--log-format", choices=["json", "console"], default="json")
+    # default None: "not given", so the zap flags below can supply them
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.add_argument("--log-format", choices=["json", "console"], default=None)
     p.add_argument(
         "--stall-timeout",
         type=float,
@@ -51,11 +54,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use streaming lists (sendInitialEvents) with fallback to list+watch",
     )
+    add_zap_flags(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "metacollector") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="metacollector",
+        prog=prog,
         description="Central Kubernetes metadata collector for Falco's k8smeta plugin.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    zap = ZapFlags.from_args(args)
     return Settings(
         kubeconfig=args.kubeconfig,
         context=args.context,
@@ -90,18 +95,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cloudevents_sink=args.cloudevents_sink,
         cloudevents_source=args.cloudevents_source,
         cloudevents_mode=args.cloudevents_mode,
-        log_level=args.log_level,
-        log_format=args.log_format,
+        log_level=zap.log_level(args.log_level),
+        log_format=zap.log_format(args.log_format),
         stall_timeout=args.stall_timeout,
         max_connections=args.max_connections,
         max_streams_per_connection=args.max_streams_per_connection,
         max_subscribers_per_node=args.max_subscribers_per_node,
         streaming_list=args.streaming_list,
+        unmapped_flags=tuple(zap.unmapped().items()),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of both ``metacollector`` and ``meta-collector`` (upstream's binary name,
+    which the image also provides as ``/meta-collector``)."""
+    prog = os.path.basename(sys.argv[0]) if argv is None else "metacollector"
+    if prog not in ("metacollector", "meta-collector"):
+        prog = "metacollector"
+    args = build_parser(prog).parse_args(argv)
     if args.command == "version":
         print(f"metacollector {__version__}")
         return 0

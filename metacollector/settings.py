@@ -58,6 +58,8 @@ class Settings:
     max_streams_per_connection: int = 1024
     max_subscribers_per_node: int = 256
     streaming_list: bool = False
+    # flags accepted for upstream compatibility that change nothing (flag, value): logged once
+    unmapped_flags: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):

@@ -35,7 +35,9 @@ from metacollector.proto import metadata_pb2 as pb
 
 HERE = pathlib.Path(__file__).parent
 PY = sys.executable
-SEND_LATENCY, GC_PAUSE = "metacollector_send_latency_seconds", "metacollector_gc_pause_seconds"
+# upstream's name for the time from a change to its send (SEND_LATENCY here)
+SEND_LATENCY = "meta_collector_broker_queue_duration_seconds"
+GC_PAUSE = "metacollector_gc_pause_seconds"
 FALCO = {"Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicationController"}
 
 

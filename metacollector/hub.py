@@ -21,6 +21,13 @@ from metacollector.subscriptions import Mailbox, Subscriptions
 
 log = logging.getLogger(__name__)
 
+# mailbox marks by the API change that caused them (upstream's queue-adds metric)
+_CHANGE_TYPES: tuple[ChangeType, ...] = ("ADDED", "MODIFIED", "DELETED")
+_ADDS = {
+    change: metrics.QUEUE_ADDS.labels(metrics.QUEUE_NAME, event_type)
+    for change, event_type in zip(_CHANGE_TYPES, metrics.EVENT_TYPES, strict=True)
+}
+
 
 class Hub:
     def __init__(self, offer: Callable[[ObjectChange], None] | None = None) -> None:
@@ -40,10 +47,14 @@ class Hub:
         reducer = self.reducer
         reducer.now = now
         route = self.subscriptions.route
+        marked: dict[ChangeType, int] = dict.fromkeys(_CHANGE_TYPES, 0)
         for delta in deltas:
             change_type: ChangeType = delta.type
             obj: Object = delta.obj
-            route(reducer.apply(change_type, delta.kind, obj), now)
+            marked[change_type] += route(reducer.apply(change_type, delta.kind, obj), now)
+        for change_type, count in marked.items():
+            if count:
+                _ADDS[change_type].inc(count)
         self.applied += len(deltas)
         if self._offer is not None and reducer.changes:
             for change in reducer.changes:
@@ -57,7 +68,9 @@ class Hub:
                 self.apply(batch)
 
     def subscribe(self, node: str, kinds: frozenset[str]) -> Mailbox:
-        return self.subscriptions.subscribe(node, kinds, trio.current_time())
+        mailbox = self.subscriptions.subscribe(node, kinds, trio.current_time())
+        _ADDS["ADDED"].inc(len(mailbox.dirty))  # the initial sync: every key, as Create
+        return mailbox
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
         self.subscriptions.unsubscribe(mailbox)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -30,13 +35,17 @@ def free_port() -> int:
 
 
 class Collector:
-    def __init__(self, kubeconfig: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        *extra: str,
+        command: Sequence[str] = (sys.executable, "-m", "metacollector.cli"),
+        **popen: Any,
+    ) -> None:
         self.grpc, self.metrics, self.health = free_port(), free_port(), free_port()
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "metacollector.cli",
+                *command,
                 "run",
                 "--kubeconfig",
                 str(kubeconfig),
@@ -52,6 +61,7 @@ class Collector:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            **popen,
         )
 
     async def ready(self, timeout: float = 30) -> None:
@@ -175,3 +185,88 @@ async def test_busy_grpc_port_is_a_clear_startup_error(emulator) -> None:  # typ
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 1, lines
     assert lines[-1].startswith("metacollector: error: ") and str(port) in lines[-1]
+
+
+# The flags controller-runtime's zap.Options binds, as a manifest for the upstream binary passes
+# them; the chart's own invocation is `/meta-collector run`.
+ZAP_FLAGS = (
+    "--zap-log-level=info",
+    "--zap-encoder=json",
+    "--zap-devel=false",
+    "--zap-stacktrace-level=error",
+    "--zap-time-encoding=iso8601",
+)
+
+
+def upstream_pattern(msg: str, field: str, node: str) -> re.Pattern[str]:
+    """Upstream's e2e log pattern (test/e2e/lifecycle_test.go), verbatim but for the node."""
+    return re.compile(re.escape(f'"broker.grpc-server","msg":"{msg}","{field}":{json.dumps(node)}'))
+
+
+ENTRY = Path(sys.executable).parent / "meta-collector"  # what `pip install` puts on PATH
+
+
+@pytest.fixture(params=[None, 1000], ids=["own-uid", "uid-1000"])
+def uid(request: pytest.FixtureRequest) -> int | None:
+    """None (our own uid) or 1000, skipped with the reason where that uid cannot be used."""
+    if request.param is None:
+        return None
+    if os.geteuid() != 0:
+        pytest.skip("switching to uid 1000 needs root")
+    try:
+        subprocess.run([str(ENTRY), "version"], user=1000, group=1000, extra_groups=[], check=True)
+    except (PermissionError, subprocess.CalledProcessError) as exc:
+        pytest.skip(
+            f"uid 1000 cannot run this environment's interpreter ({exc}); the image's venv is "
+            "world-readable"
+        )
+    return 1000
+
+
+async def test_upstream_invocation_reaches_ready_and_logs_upstream_lines(
+    emulator: Any, uid: int | None
+) -> None:
+    """`meta-collector run` (the entry point the image installs as /meta-collector) with the
+    zap flags; also as uid/gid 1000, the upstream chart's securityContext."""
+    assert ENTRY.exists(), "pip install -e . installs the meta-collector entry point"
+    popen: dict[str, Any] = {}
+    readable = Path(tempfile.mkdtemp())
+    if uid is not None:
+        popen = {"user": uid, "group": uid, "extra_groups": []}
+        readable.chmod(0o755)  # a kubeconfig uid 1000 can read
+    kubeconfig = readable / "kubeconfig"
+    shutil.copy(emulator.kubeconfig, kubeconfig)
+    kubeconfig.chmod(0o644)
+    collector = Collector(kubeconfig, *ZAP_FLAGS, command=[str(ENTRY)], **popen)
+    try:
+        await collector.ready()
+        watch = GrpcWatch(f"127.0.0.1:{collector.grpc}", "node-1").start()
+        await watch.wait_for(lambda w: len(w.events) > 0)
+        watch.close()
+        with trio.fail_after(10):
+            while await collector.metric("meta_collector_server_subscribers") != 0:
+                await trio.sleep(0.05)
+        rc, stderr = await collector.terminate()
+    finally:
+        if collector.proc.poll() is None:
+            collector.proc.kill()
+        shutil.rmtree(readable)
+    assert rc == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]  # --zap-encoder=json
+    # upstream's e2e patterns, byte for byte
+    assert upstream_pattern("received watch request", "node", "node-1").search(stderr)
+    assert upstream_pattern("stream deleted", "subscriber", "node-1").search(stderr)
+    by_msg = {line["msg"]: line for line in lines}
+    assert by_msg["starting grpc server"]["logger"] == "broker"
+    assert by_msg["starting grpc server"]["addr"] == f"127.0.0.1:{collector.grpc}"
+    sync = by_msg["starting initial event sync"]
+    assert (sync["logger"], sync["node"]) == ("broker.grpc-server", "node-1")
+    assert sync["subscriber UID"] == by_msg["received watch request"]["subscriber UID"]
+    closing = by_msg["context canceled, closing connection"]
+    assert (closing["logger"], closing["subscriber"]) == ("broker.grpc-server", "node-1")
+    # the zap flags without a counterpart are noted once
+    noted = [line for line in lines if line["msg"].startswith("flags accepted")]
+    assert len(noted) == 1 and noted[0]["flags"] == {
+        "--zap-stacktrace-level": "error",
+        "--zap-time-encoding": "iso8601",
+    }

@@ -565,18 +565,22 @@ def test_manifests_match_the_chart_defaults(helm: Path) -> None:
     assert one(manifests(), "ClusterRole")["rules"] == one(render(helm, []), "ClusterRole")["rules"]
 
 
-def test_falco_values_example_points_the_plugin_at_the_service() -> None:
+def test_falco_values_use_the_falco_charts_own_wiring_with_our_image() -> None:
+    """collectors.kubernetes.enabled with the subchart's image pointed at ours; the plugin and
+    rules versions the Falco chart (falcosecurity/charts, falco 9.x) ships."""
     values = yaml.safe_load((K8S / "falco" / "values.yaml").read_text())
-    assert values["collectors"]["kubernetes"]["enabled"] is False
-    assert "k8smeta" in values["falco"]["load_plugins"]
-    (plugin,) = [p for p in values["falco"]["plugins"] if p["name"] == "k8smeta"]
-    service = one(manifests(), "Service")
-    meta = service["metadata"]
-    assert plugin["init_config"]["collectorHostname"] == f"{meta['name']}.{meta['namespace']}.svc"
-    assert plugin["init_config"]["collectorPort"] == PORTS["broker-grpc"]
-    assert plugin["init_config"]["nodeName"] == "${FALCO_K8S_NODE_NAME}"
-    refs = values["falcoctl"]["config"]["artifact"]["install"]["refs"]
-    assert any("plugin/k8smeta:" in r for r in refs)
+    kubernetes = values["collectors"]["kubernetes"]
+    assert kubernetes["enabled"] is True
+    assert kubernetes["pluginRef"] == "ghcr.io/falcosecurity/plugins/plugin/k8smeta:0.4.1"
+    assert "plugins" not in values.get("falco", {})  # the chart generates the plugin config
+    image = values["k8s-metacollector"]["image"]
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert image["registry"] == chart_values["image"]["registry"]
+    assert image["repository"] == chart_values["image"]["repository"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert image["tag"] == chart["appVersion"]
+    artifact = values["falcoctl"]["config"]["artifact"]
+    assert artifact["install"]["refs"] == artifact["follow"]["refs"] == ["falco-rules:5"]
 
 
 # --- agreement with the CLI -------------------------------------------------------------------

@@ -200,7 +200,8 @@ async def test_upstream_counters_count_like_upstream(nursery: trio.Nursery) -> N
             await cluster.patch("Pod", ns, name, {"metadata": {"labels": {"relabelled": "yes"}}})
             await wait_sample(API, {**POD_COLLECTOR, "type": "update"}, before["update"] + 1)
             updates = sample(API, **POD_COLLECTOR, type="update")
-            await cluster.delete("Pod", ns, pods[1]["metadata"]["name"])
+            gone = pods[1]["metadata"]
+            await cluster.delete("Pod", gone["namespace"], gone["name"])
             await wait_sample(API, {**POD_COLLECTOR, "type": "delete"}, before["delete"] + 1)
         w.close()
         running.cancel_scope.cancel()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,22 @@ class Collector:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             **popen,
         )
+        # drain stderr as it comes: a full pipe (a few hundred log lines) would block the
+        # collector's writes and so its shutdown
+        self._stderr: list[str] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
 
     async def ready(self, timeout: float = 30) -> None:
         async with httpx.AsyncClient() as client:
             with trio.fail_after(timeout):
                 while True:
-                    assert self.proc.poll() is None, self.proc.communicate()[1]
+                    assert self.proc.poll() is None, "".join(self._stderr)
                     try:
                         if (
                             await client.get(f"http://127.0.0.1:{self.health}/readyz")
@@ -89,7 +100,8 @@ class Collector:
     async def terminate(self, timeout: float = 10) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
         rc = await trio.to_thread.run_sync(lambda: self.proc.wait(timeout))
-        return rc, self.proc.stderr.read() if self.proc.stderr else ""
+        await trio.to_thread.run_sync(self._drain.join, timeout)
+        return rc, "".join(self._stderr)
 
 
 @pytest.fixture

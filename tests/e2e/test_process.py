@@ -12,7 +12,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import trio
 
 from tests.e2e.conftest import REAL_KUBECONFIG
 from tests.e2e.grpc_watch import GrpcWatch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="uses the emulator's synthetic cluster"
@@ -61,8 +64,7 @@ class Collector:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            **popen,
+            **{"env": {**os.environ, "PYTHONUNBUFFERED": "1"}, **popen},
         )
         # drain stderr as it comes: a full pipe (a few hundred log lines) would block the
         # collector's writes and so its shutdown
@@ -218,40 +220,78 @@ def upstream_pattern(msg: str, field: str, node: str) -> re.Pattern[str]:
 ENTRY = Path(sys.executable).parent / "meta-collector"  # what `pip install` puts on PATH
 
 
+@dataclass
+class Invocation:
+    """How to start `meta-collector`: as whom, with which command and environment."""
+
+    command: list[str]
+    popen: dict[str, Any]
+    env: dict[str, str]
+    home: Path  # a directory that uid can read (kubeconfig, entry script)
+
+
+ENTRY_SCRIPT = "#!{python}\nimport sys\nfrom metacollector.cli import main\nsys.exit(main())\n"
+
+
 @pytest.fixture(params=[None, 1000], ids=["own-uid", "uid-1000"])
-def uid(request: pytest.FixtureRequest) -> int | None:
-    """None (our own uid) or 1000, skipped with the reason where that uid cannot be used."""
-    if request.param is None:
-        return None
-    if os.geteuid() != 0:
-        pytest.skip("switching to uid 1000 needs root")
+def invocation(request: pytest.FixtureRequest) -> Iterator[Invocation]:
+    """The installed entry point as ourselves; as uid/gid 1000 (the upstream chart's), the same
+    entry script run by an interpreter that uid can read (this environment's may sit under a
+    0700 home, as the image's world-readable /opt/venv does not), else skipped with why."""
+    home = Path(tempfile.mkdtemp())
+    home.chmod(0o755)
     try:
-        subprocess.run([str(ENTRY), "version"], user=1000, group=1000, extra_groups=[], check=True)
-    except (PermissionError, subprocess.CalledProcessError) as exc:
-        pytest.skip(
-            f"uid 1000 cannot run this environment's interpreter ({exc}); the image's venv is "
-            "world-readable"
-        )
-    return 1000
+        if request.param is None:
+            yield Invocation([str(ENTRY)], {}, {}, home)
+            return
+        if os.geteuid() != 0:
+            pytest.skip("switching to uid 1000 needs root")
+        as_1000 = {"user": 1000, "group": 1000, "extra_groups": []}
+        command, env = [str(ENTRY)], {}
+        try:
+            subprocess.run([str(ENTRY), "version"], **as_1000, check=True, capture_output=True)
+        except (PermissionError, subprocess.CalledProcessError):
+            minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+            python = shutil.which(minor, path="/usr/bin:/usr/local/bin")
+            if python is None:
+                pytest.skip(f"uid 1000 cannot run {sys.executable} and there is no {minor}")
+            script = home / "meta-collector"
+            script.write_text(ENTRY_SCRIPT.format(python=python))
+            script.chmod(0o755)
+            site = next(p for p in sys.path if p.endswith("site-packages"))
+            command, env = [str(script)], {"PYTHONPATH": f"{site}:{ROOT}"}
+            probe = subprocess.run(
+                [*command, "version"], **as_1000, env={**os.environ, **env}, capture_output=True
+            )
+            if probe.returncode != 0:
+                pytest.skip(f"uid 1000 cannot run the collector here: {probe.stderr[-300:]!r}")
+        yield Invocation(command, as_1000, env, home)
+    finally:
+        shutil.rmtree(home)
 
 
 async def test_upstream_invocation_reaches_ready_and_logs_upstream_lines(
-    emulator: Any, uid: int | None
+    emulator: Any, invocation: Invocation
 ) -> None:
     """`meta-collector run` (the entry point the image installs as /meta-collector) with the
     zap flags; also as uid/gid 1000, the upstream chart's securityContext."""
     assert ENTRY.exists(), "pip install -e . installs the meta-collector entry point"
-    popen: dict[str, Any] = {}
-    readable = Path(tempfile.mkdtemp())
-    if uid is not None:
-        popen = {"user": uid, "group": uid, "extra_groups": []}
-        readable.chmod(0o755)  # a kubeconfig uid 1000 can read
-    kubeconfig = readable / "kubeconfig"
+    kubeconfig = invocation.home / "kubeconfig"
     shutil.copy(emulator.kubeconfig, kubeconfig)
     kubeconfig.chmod(0o644)
-    collector = Collector(kubeconfig, *ZAP_FLAGS, command=[str(ENTRY)], **popen)
+    collector = Collector(
+        kubeconfig,
+        *ZAP_FLAGS,
+        command=invocation.command,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **invocation.env},
+        **invocation.popen,
+    )
     try:
         await collector.ready()
+        if invocation.popen:  # it really runs as 1000:1000
+            status = Path(f"/proc/{collector.proc.pid}/status").read_text()
+            assert re.search(r"^Uid:\t1000\t", status, re.M), status
+            assert re.search(r"^Gid:\t1000\t", status, re.M), status
         watch = GrpcWatch(f"127.0.0.1:{collector.grpc}", "node-1").start()
         await watch.wait_for(lambda w: len(w.events) > 0)
         watch.close()
@@ -262,7 +302,6 @@ async def test_upstream_invocation_reaches_ready_and_logs_upstream_lines(
     finally:
         if collector.proc.poll() is None:
             collector.proc.kill()
-        shutil.rmtree(readable)
     assert rc == 0, stderr
     lines = [json.loads(line) for line in stderr.splitlines()]  # --zap-encoder=json
     # upstream's e2e patterns, byte for byte

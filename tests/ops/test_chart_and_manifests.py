@@ -465,6 +465,7 @@ def test_values_keep_the_upstream_chart_keys() -> None:
         "service.ports.health-probe.port",
         "service.ports.broker-grpc.port",
         "serviceMonitor.create",
+        "serviceMonitor.namespace",
         "serviceMonitor.path",
         "serviceMonitor.labels",
         "serviceMonitor.interval",
@@ -483,6 +484,12 @@ def test_values_keep_the_upstream_chart_keys() -> None:
         "grafana.dashboards.configMaps.collector.name",
         "grafana.dashboards.configMaps.collector.namespace",
         "grafana.dashboards.configMaps.collector.folder",
+        "grafana.dashboards.configMaps.collector.folderAnnotation",
+        "podLabels",
+        "service.ports.health-probe.targetPort",
+        "service.ports.broker-grpc.targetPort",
+        "healthChecks.livenessProbe.httpGet.port",
+        "healthChecks.readinessProbe.httpGet.port",
     ]
     for dotted in upstream:
         node: Any = values

@@ -97,10 +97,15 @@ def _fetch_prometheus() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found: the Debian package prometheus cannot be had here"
     with tempfile.TemporaryDirectory() as tmp:
-        got = subprocess.run(
-            ["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
+        for attempt in range(2):
+            got = subprocess.run(
+                ["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True,
+                timeout=600,
+            )  # fmt: skip
+            if got.returncode == 0 or attempt or os.geteuid() != 0:
+                break
+            # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
         debs = sorted(Path(tmp).glob("prometheus_*.deb"))
         if got.returncode != 0 or not debs:
             return f"apt-get download prometheus failed: {got.stderr.strip()[-300:]}"

@@ -126,6 +126,14 @@ class Prometheus:
                 await trio.sleep(0.2)
         raise AssertionError(f"Prometheus: no {what} within {timeout}s")
 
+    async def ready(self) -> None:
+        """/-/ready answers 200 once Prometheus serves queries (503 while it starts)."""
+
+        async def check() -> bool:
+            return (await self.client.get("/-/ready")).status_code == 200
+
+        await self.wait("readiness", check)
+
     async def close(self) -> None:
         await self.client.aclose()
         self.proc.terminate()
@@ -193,6 +201,7 @@ async def test_prometheus_scrapes_openmetrics_and_every_dashboard_query_has_data
     server = Prometheus(prometheus / "prometheus", target, tmp_path)
     watch = GrpcWatch(f"127.0.0.1:{running.grpc_port}", "node-0").start()
     try:
+        await server.ready()
 
         async def target_up() -> Any:
             targets = (await server.api("targets"))["activeTargets"]  # [] until discovered

@@ -294,6 +294,9 @@ async def test_upstream_invocation_reaches_ready_and_logs_upstream_lines(
             assert re.search(r"^Gid:\t1000\t", status, re.M), status
         watch = GrpcWatch(f"127.0.0.1:{collector.grpc}", "node-1").start()
         await watch.wait_for(lambda w: len(w.events) > 0)
+        async with httpx.AsyncClient() as client:  # upstream's e2e reads the body as text
+            body = (await client.get(f"http://127.0.0.1:{collector.metrics}/metrics")).text
+        assert "meta_collector_server_subscribers 1" in body
         watch.close()
         with trio.fail_after(10):
             while await collector.metric("meta_collector_server_subscribers") != 0:

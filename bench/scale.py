@@ -36,7 +36,9 @@ from metacollector.subscriptions import FALCO_KINDS, selected_kinds
 from metacollector.testing import collector_command, free_port, wait_ready
 
 PY = sys.executable
-SEND_LATENCY, GC_PAUSE = "metacollector_send_latency_seconds", "metacollector_gc_pause_seconds"
+# upstream's name for the time from a change to its send (SEND_LATENCY here)
+SEND_LATENCY = "meta_collector_broker_queue_duration_seconds"
+GC_PAUSE = "metacollector_gc_pause_seconds"
 FALCO = selected_kinds(FALCO_KINDS)
 
 

@@ -39,12 +39,13 @@ from metacollector.kube.config import KubeConfig, KubeConfigError, load_config
 from metacollector.kube.leader import ElectionConfig, default_identity, run_election
 from metacollector.kube.reflector import Reflector
 from metacollector.kube.resources import RESOURCES
-from metacollector.log import configure_logging
+from metacollector.log import BROKER_LOGGER, configure_logging
 from metacollector.model import KIND_TYPES, intern_strings
 from metacollector.settings import Settings
 from metacollector.tlsreload import Reloaded
 
 log = logging.getLogger("metacollector")
+broker_log = logging.getLogger(BROKER_LOGGER)
 
 WATCH_PATH = "/metadata.Metadata/Watch"
 
@@ -111,6 +112,7 @@ async def serve(
             settings.departure_window, max_entries=settings.departure_max_entries
         ),
     )
+    metrics.zero_initialise(KIND_TYPES)
     ssl_context = None
     if settings.server_cert and settings.server_key:
         cert, key, client_ca = settings.server_cert, settings.server_key, settings.client_ca
@@ -167,7 +169,7 @@ async def serve(
         bind = settings.broker_bind
         grpc_port = await nursery.start(server.serve, bind.host, bind.port)
         grpc_listening = True
-        log.info("starting grpc server", extra={"address": f"{bind.host}:{grpc_port}"})
+        broker_log.info("starting grpc server", extra={"addr": f"{bind.host}:{grpc_port}"})
         metrics_port, health_port = await nursery.start(
             serve_http, settings.metrics_bind, settings.health_bind, readiness
         )
@@ -221,6 +223,11 @@ async def _main(settings: Settings) -> None:
 def run_app(settings: Settings) -> int:
     """`metacollector run`: exit 0 on a signal, 1 with one line on a startup error."""
     configure_logging(settings.log_level, settings.log_format)
+    if settings.unmapped_flags:
+        log.info(
+            "flags accepted for compatibility, without effect",
+            extra={"flags": dict(settings.unmapped_flags)},
+        )
     observe_pauses(_gc_paused)
     try:
         trio.run(_main, settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ from metacollector import __version__
 from metacollector.binding import NodeBinding
 from metacollector.departures import DEFAULT_MAX_ENTRIES, DEFAULT_WINDOW, PLUGIN_MAX_BACKOFF
 from metacollector.settings import BindAddress, Settings, SettingsError
+from metacollector.zapflags import ZapFlags, add_zap_flags
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -42,8 +44,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--cloudevents-source", help="CloudEvents source (default /metacollector/<cluster>)"
     )
     p.add_argument("--cloudevents-mode", choices=["binary", "structured"], default="binary")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    p.add_argument("--log-format", choices=["json", "console"], default="json")
+    # default None: "not given", so the zap flags below can supply them
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    p.add_argument("--log-format", choices=["json", "console"], default=None)
     p.add_argument(
         "--stall-timeout",
         type=float,
@@ -103,6 +106,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leader-elect-lease-duration", type=float, default=15.0)
     p.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
     p.add_argument("--leader-elect-retry-period", type=float, default=2.0)
+    add_zap_flags(p)
 
 
 # The commands that run the API server emulator. Only they import it: ``run`` must not load the
@@ -118,10 +122,12 @@ def _command(argv: Sequence[str] | None) -> str | None:
     return next((a for a in args if not a.startswith("-")), None)
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    argv: Sequence[str] | None = None, prog: str = "metacollector"
+) -> argparse.ArgumentParser:
     """The parser; the emulator's own flags are added only when ``argv`` names its command."""
     parser = argparse.ArgumentParser(
-        prog="metacollector",
+        prog=prog,
         description="Central Kubernetes metadata collector for Falco's k8smeta plugin.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +150,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    zap = ZapFlags.from_args(args)
     return Settings(
         kubeconfig=args.kubeconfig,
         context=args.context,
@@ -157,8 +164,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         cloudevents_sink=args.cloudevents_sink,
         cloudevents_source=args.cloudevents_source,
         cloudevents_mode=args.cloudevents_mode,
-        log_level=args.log_level,
-        log_format=args.log_format,
+        log_level=zap.log_level(args.log_level),
+        log_format=zap.log_format(args.log_format),
         stall_timeout=args.stall_timeout,
         max_connections=args.max_connections,
         max_streams_per_connection=args.max_streams_per_connection,
@@ -176,6 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         leader_elect_lease_duration=args.leader_elect_lease_duration,
         leader_elect_renew_deadline=args.leader_elect_renew_deadline,
         leader_elect_retry_period=args.leader_elect_retry_period,
+        unmapped_flags=tuple(zap.unmapped().items()),
     )
 
 
@@ -192,8 +200,13 @@ def _missing_extra(exc: ModuleNotFoundError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of both ``metacollector`` and ``meta-collector`` (upstream's binary name,
+    which the image also provides as ``/meta-collector``)."""
+    prog = os.path.basename(sys.argv[0]) if argv is None else "metacollector"
+    if prog not in ("metacollector", "meta-collector"):
+        prog = "metacollector"
     try:
-        args = build_parser(argv).parse_args(argv)
+        args = build_parser(argv, prog).parse_args(argv)
     except ModuleNotFoundError as exc:  # `emulator`'s flags import the emulator
         return _missing_extra(exc)
     if args.command == "version":

@@ -24,6 +24,13 @@ from metacollector.subscriptions import Mailbox, Outgoing, Subscriptions
 
 log = logging.getLogger(__name__)
 
+# mailbox marks by the API change that caused them (upstream's queue-adds metric)
+_CHANGE_TYPES: tuple[ChangeType, ...] = ("ADDED", "MODIFIED", "DELETED")
+_ADDS = {
+    change: metrics.QUEUE_ADDS.labels(metrics.QUEUE_NAME, event_type)
+    for change, event_type in zip(_CHANGE_TYPES, metrics.EVENT_TYPES, strict=True)
+}
+
 
 class Hub:
     def __init__(
@@ -52,13 +59,17 @@ class Hub:
         reducer.now = now
         route = self.subscriptions.route
         track = self._offer is not None
+        marked: dict[ChangeType, int] = dict.fromkeys(_CHANGE_TYPES, 0)
         for delta in deltas:
             change_type: ChangeType = delta.type
             obj: Object = delta.obj
             if track:  # what caused the changes, for the CloudEvents watermark and replay rule
                 reducer.cause_version = obj.metadata.resourceVersion
                 reducer.initial = getattr(delta, "initial", False)
-            route(reducer.apply(change_type, delta.kind, obj), now)
+            marked[change_type] += route(reducer.apply(change_type, delta.kind, obj), now)
+        for change_type, count in marked.items():
+            if count:
+                _ADDS[change_type].inc(count)
         self.applied += len(deltas)
         if reducer.departed:
             self._record_departures(now)
@@ -88,6 +99,7 @@ class Hub:
         departed = len(mailbox.sent)  # a new mailbox has "sent" only its departed keys
         if departed:
             metrics.DEPARTURE_DELETES.inc(departed)
+        _ADDS["ADDED"].inc(len(mailbox.dirty))  # the initial sync: every key, as Create
         return mailbox
 
     def unsubscribe(self, mailbox: Mailbox) -> None:

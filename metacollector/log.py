@@ -1,10 +1,13 @@
 """Logging: JSON lines (default) or a console format on stderr, with repeats rate-limited.
 
-JSON lines look like ``{"ts": "2024-05-01T12:00:00.123Z", "level": "info", "logger":
-"metacollector.grpc.watch", "msg": "received watch request", "node": "n1", ...}``: every
-``extra={...}`` field becomes a top-level key. Upstream's wording is kept for the lines Falco
-operators grep for: ``starting grpc server``, ``received watch request`` (field ``node``) and
-``stream deleted`` (field ``subscriber``).
+JSON lines look like ``{"ts":"2024-05-01T12:00:00.123Z","level":"info","logger":
+"broker.grpc-server","msg":"received watch request","node":"n1",...}``: every ``extra={...}``
+field becomes a top-level key, in the order given. Upstream's logger names, wording and leading
+fields are kept for the lines its e2e tests and Falco operators search for (logger ``broker``:
+``starting grpc server`` with ``addr``; logger ``broker.grpc-server``: ``received watch
+request`` and ``starting initial event sync`` with ``node`` then ``subscriber UID``, ``context
+canceled, closing connection`` / ``closing connection`` and ``stream deleted`` with
+``subscriber`` = the node name); our own fields follow theirs.
 
 Rate limiting: a record repeating the same logger, level, message and identity fields
 (:data:`KEY_FIELDS`, e.g. the resource and cause of a watch restart) is written at most
@@ -35,7 +38,21 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) 
 }
 # The fields that identify *what* a record is about; used (with logger, level and message) as
 # the rate-limiting key.
-KEY_FIELDS = ("node", "subscriber", "resource", "kind", "cause", "status", "path", "signal")
+KEY_FIELDS = (
+    "node",
+    "subscriber",
+    "subscriber UID",
+    "resource",
+    "kind",
+    "cause",
+    "status",
+    "path",
+    "signal",
+)
+# Upstream's logger names (controller-runtime's ``ctrl.Log.WithName("broker")`` and its
+# ``grpc-server`` child): upstream's e2e tests and operators' log searches key on them.
+BROKER_LOGGER = "broker"
+GRPC_SERVER_LOGGER = "broker.grpc-server"
 _RESERVED = ("ts", "level", "logger", "msg")
 
 _encoder = msgspec.json.Encoder()

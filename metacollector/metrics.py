@@ -1,12 +1,21 @@
 """Every Prometheus metric of the process, defined in one place (SPEC section 4).
 
-Upstream names (``meta_collector_*``) are kept for existing dashboards; our own live under
-``metacollector_``. All metrics register on ``REGISTRY`` so tests and the HTTP server share one.
+Upstream's metrics keep their exact names, label names and label values (``meta_collector_*``,
+see the table in docs/operations.md) so the falcosecurity dashboard, alerts and recording rules
+keep working; our own live under ``metacollector_``. All metrics register on ``REGISTRY`` so
+tests and the HTTP server share one.
+
+Upstream's counters have no ``_total`` suffix (Go's text format allows that; prometheus-client
+always adds one to a counter, and OpenMetrics requires it). They are exported as one
+*untyped* family each (``untyped`` in the text format, ``unknown`` in OpenMetrics) whose samples
+carry the exact upstream name: one valid family per name in both formats, and the same series
+names in Prometheus whichever format it negotiates. No ``_created`` series are exported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,31 +24,85 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.metrics_core import Metric, UnknownMetricFamily
+
+# no `*_created` series: upstream has none, and they double the number of series
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
+
+class UpstreamCounter:
+    """A counter under its exact upstream (Go) name: values kept in a prometheus-client Counter
+    (labels, thread safety), exported by :class:`_UpstreamFamilies` as an untyped family."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
+        self.name, self.documentation = name, documentation
+        self.labelnames = tuple(labelnames)
+        self._values = Counter(name, documentation, self.labelnames, registry=None)
+
+    def labels(self, *values: str, **by_name: str) -> Counter:
+        return self._values.labels(*values, **by_name)
+
+    def family(self) -> Metric:
+        family = UnknownMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for collected in self._values.collect():
+            for sample in collected.samples:
+                if sample.name.endswith("_total"):
+                    family.add_metric([sample.labels[k] for k in self.labelnames], sample.value)
+        return family
+
+
 # --- upstream names -------------------------------------------------------------------------
 SUBSCRIBERS = Gauge(
     "meta_collector_server_subscribers",
-    "Number of subscribers connected to the gRPC server.",
+    "Number of subscribers.",
     registry=REGISTRY,
 )
-DISPATCHED_EVENTS = Counter(
+DISPATCHED_EVENTS = UpstreamCounter(
     "meta_collector_broker_dispatched_events",
-    "Events sent to subscribers, per message.",
+    "Total number of events generated per resource kind destined to subscribers. kind label "
+    "refers to the resource kind and type label refers to the event type, i.e. create, update, "
+    "delete.",
     ["kind", "type"],
-    registry=REGISTRY,
 )
-API_SERVER_EVENTS = Counter(
+API_SERVER_EVENTS = UpstreamCounter(
     "meta_collector_collector_event_api_server_received",
-    "Events received from the API server.",
+    "Total number of events received from the api-server per collector. name label refers to "
+    "the collector name, source to where the events come from, and type to the event type, "
+    "i.e. create, update, delete, generic. The initial list counts as create.",
     ["name", "source", "type"],
+)
+QUEUE_ADDS = UpstreamCounter(
+    "meta_collector_broker_queue_adds",
+    "Total number of events handled by the queue: here, keys marked in subscriber mailboxes, "
+    "by the type of the API change that marked them (initial syncs: Create).",
+    ["name", "type"],
+)
+QUEUE_DURATION = Histogram(
+    "meta_collector_broker_queue_duration_seconds",
+    "How long in seconds an event stays in the queue before being requested: here, from a "
+    "change reaching the reducer to its event being written to a subscriber.",
+    ["name"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+
+# Upstream's label values (pkg/resource and pkg/events of falcosecurity/k8s-metacollector).
+EVENT_TYPES: Final = ("Create", "Update", "Delete")
+API_EVENT_TYPES: Final = ("create", "update", "delete", "generic")
+API_SERVER_SOURCE: Final = "api-server"
+QUEUE_NAME: Final = "mailbox"  # upstream: "blockingChannel", its one broker queue
+
+
+def collector_name(kind: str) -> str:
+    """Upstream's collector name for a kind: ``pod-collector``, ``replicaset-collector``..."""
+    return f"{kind.lower()}-collector"
+
 
 # --- ours: Kubernetes access ----------------------------------------------------------------
 WATCH_RESTARTS = Counter(
@@ -71,12 +134,6 @@ REFLECTOR_SYNCED = Gauge(
 MAILBOX_DEPTH = Gauge(
     "metacollector_mailbox_depth",
     "Resource keys waiting to be sent, summed over all subscribers.",
-    registry=REGISTRY,
-)
-SEND_LATENCY = Histogram(
-    "metacollector_send_latency_seconds",
-    "Time from a change reaching the reducer to its event being written to a subscriber.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
 GC_PAUSE = Histogram(
@@ -184,27 +241,31 @@ CE_LATENCY = Histogram(
 )
 
 
-class UpstreamNames:
-    """Also export the upstream counters under their exact Go names (no ``_total`` suffix, which
-    prometheus-client always adds to counters), so existing dashboards and alerts keep working."""
+UPSTREAM_COUNTERS: Final = (DISPATCHED_EVENTS, API_SERVER_EVENTS, QUEUE_ADDS)
+
+
+class _UpstreamFamilies:
+    """Exports the upstream counters (see the module docstring)."""
 
     def collect(self) -> Iterator[Metric]:
-        for counter in (DISPATCHED_EVENTS, API_SERVER_EVENTS):
-            for family in counter.collect():
-                alias = UnknownMetricFamily(
-                    family.name,
-                    family.documentation + " (upstream name)",
-                    labels=counter._labelnames,
-                )
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        alias.add_metric(
-                            [sample.labels[k] for k in counter._labelnames], sample.value
-                        )
-                yield alias
+        for counter in UPSTREAM_COUNTERS:
+            yield counter.family()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
 
-REGISTRY.register(UpstreamNames())
+REGISTRY.register(_UpstreamFamilies())
+
+
+def zero_initialise(kinds: Iterable[str]) -> None:
+    """Create every upstream series at 0, as upstream does at start-up, so a rate or a pie
+    chart has data before the first event (and an absent series means a broken scrape)."""
+    for kind in kinds:
+        for event_type in EVENT_TYPES:
+            DISPATCHED_EVENTS.labels(kind, event_type)
+        for api_type in API_EVENT_TYPES:
+            API_SERVER_EVENTS.labels(collector_name(kind), API_SERVER_SOURCE, api_type)
+    for event_type in EVENT_TYPES:
+        QUEUE_ADDS.labels(QUEUE_NAME, event_type)
+    QUEUE_DURATION.labels(QUEUE_NAME)

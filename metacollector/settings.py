@@ -76,6 +76,8 @@ class Settings:
     leader_elect_lease_duration: float = 15.0
     leader_elect_renew_deadline: float = 10.0
     leader_elect_retry_period: float = 2.0
+    # flags accepted for upstream compatibility that change nothing (flag, value): logged once
+    unmapped_flags: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.server_cert is None) != (self.server_key is None):

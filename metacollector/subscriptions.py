@@ -151,10 +151,12 @@ class Subscriptions:
             if not members:
                 del self.by_node[mailbox.node]
 
-    def route(self, touched: Iterable[tuple[str, Key]], now: float) -> None:
+    def route(self, touched: Iterable[tuple[str, Key]], now: float) -> int:
         """Mark each touched key in the mailboxes of its node's subscribers that want its kind,
-        remembering when it was first marked; wake a mailbox's sender on its first key."""
+        remembering when it was first marked; wake a mailbox's sender on its first key.
+        Returns how many keys were newly marked (the queue-adds metric)."""
         by_node = self.by_node
+        marked = 0
         for node, key in touched:
             for mailbox in by_node.get(node, ()):
                 dirty = mailbox.dirty
@@ -162,8 +164,10 @@ class Subscriptions:
                     continue
                 idle = not dirty
                 dirty[key] = now
+                marked += 1
                 if idle and mailbox.on_ready is not None:
                     mailbox.on_ready()
+        return marked
 
     def subscriber_count(self, node: str) -> int:
         """How many subscribers watch ``node``."""

@@ -62,3 +62,45 @@ def test_version() -> None:
         [sys.executable, "-m", "metacollector.cli", "version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.startswith("metacollector 0.")
+
+
+@pytest.mark.parametrize(
+    ("argv", "level", "fmt"),
+    [
+        ([], "info", "json"),
+        (["--zap-log-level=debug"], "debug", "json"),
+        (["--zap-log-level", "error", "--zap-encoder", "console"], "error", "console"),
+        (["--zap-log-level=panic"], "error", "json"),
+        (["--zap-log-level=3"], "debug", "json"),  # integer verbosity: more than info
+        (["--zap-devel"], "debug", "console"),  # development defaults
+        (["--zap-devel=false"], "info", "json"),
+        (["--zap-devel", "--zap-encoder=json"], "debug", "json"),
+        (["--zap-log-level=debug", "--log-level=warning"], "warning", "json"),  # ours win
+    ],
+)
+def test_zap_flags_map_onto_level_and_format(argv: list[str], level: str, fmt: str) -> None:
+    s = run_settings(*argv)
+    assert (s.log_level, s.log_format) == (level, fmt)
+    assert s.unmapped_flags == ()
+
+
+def test_other_zap_flags_are_accepted_and_reported() -> None:
+    s = run_settings("--zap-stacktrace-level=panic", "--zap-time-encoding=epoch")
+    assert dict(s.unmapped_flags) == {
+        "--zap-stacktrace-level": "panic",
+        "--zap-time-encoding": "epoch",
+    }
+
+
+@pytest.mark.parametrize("bad", ["--zap-log-level=loud", "--zap-log-level=0", "--zap-devel=maybe"])
+def test_bad_zap_values_are_usage_errors(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        run_settings(bad)
+
+
+def test_upstream_binary_name_entry_point() -> None:
+    """`meta-collector` (upstream's binary, the image's /meta-collector) is installed."""
+    import importlib.metadata
+
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts["meta-collector"] == scripts["metacollector"] == "metacollector.cli:main"

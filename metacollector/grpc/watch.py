@@ -21,10 +21,11 @@ from metacollector.binding import NodeBinding, refusal
 from metacollector.grpc.server import ServerStream
 from metacollector.grpc.status import GrpcError, Status
 from metacollector.hub import Hub
+from metacollector.log import GRPC_SERVER_LOGGER
 from metacollector.proto import metadata_pb2 as pb
 from metacollector.subscriptions import selected_kinds
 
-log = logging.getLogger("metacollector.grpc")
+log = logging.getLogger(GRPC_SERVER_LOGGER)
 
 BATCH_BYTES = 16 * 1024  # bounds what each of thousands of syncing subscribers holds at once
 _subscriber_ids = itertools.count(1)
@@ -61,13 +62,15 @@ class WatchService:
                 f"node {node!r} already has {subscribers} subscribers",
             )
         kinds = selected_kinds(selector.resourceKinds)
-        subscriber = next(_subscriber_ids)
+        # upstream's fields first (its e2e patterns match `"msg":...,"node":"<node>"`)
+        uid = str(next(_subscriber_ids))
         log.info(
             "received watch request",
-            extra={"node": node, "subscriber": subscriber, "kinds": sorted(kinds), "peer": peer},
+            extra={"node": node, "subscriber UID": uid, "kinds": sorted(kinds), "peer": peer},
         )
         mailbox = self.hub.subscribe(node, kinds)
         metrics.SUBSCRIBERS.inc()
+        log.info("starting initial event sync", extra={"node": node, "subscriber UID": uid})
         wakeup = trio.Event()
 
         def ready() -> None:
@@ -84,17 +87,32 @@ class WatchService:
                     continue
                 await stream.send_messages([sent.message for sent in batch])
                 now = trio.current_time()
+                queue_duration = _QUEUE_DURATION
                 for sent in batch:
                     _dispatched(sent.kind, sent.reason).inc()
-                    metrics.SEND_LATENCY.observe(now - sent.marked_at)
+                    queue_duration.observe(now - sent.marked_at)
+        except trio.Cancelled:
+            # peer gone or shutting down: upstream's "stream context done" line
+            log.info(
+                "context canceled, closing connection",
+                extra={"subscriber": node, "subscriber UID": uid},
+            )
+            raise
+        except BaseException as exc:
+            log.error(
+                "closing connection",
+                extra={"subscriber": node, "subscriber UID": uid, "error": repr(exc)[:300]},
+            )
+            raise
         finally:
             mailbox.wake_with(None)
             self.hub.unsubscribe(mailbox)
             metrics.SUBSCRIBERS.dec()
-            log.info("stream deleted", extra={"node": node, "subscriber": subscriber})
+            log.info("stream deleted", extra={"subscriber": node, "subscriber UID": uid})
 
 
 _dispatch_children: dict[tuple[str, str], Any] = {}
+_QUEUE_DURATION = metrics.QUEUE_DURATION.labels(metrics.QUEUE_NAME)
 
 
 def _dispatched(kind: str, reason: str) -> Any:

@@ -185,9 +185,12 @@ class Reflector(Generic[T]):
         self._item = msgspec.json.Decoder(checked)
         self._page = msgspec.json.Decoder(_page_type(checked))
         self._raw_page = msgspec.json.Decoder(_page_type(msgspec.Raw))
+        # upstream's labels: name=pod-collector..., type=create|update|delete (generic stays 0)
         self._counters = {
-            t: metrics.API_SERVER_EVENTS.labels(self.kind.lower(), "api-server", t.lower())
-            for t in ("ADDED", "MODIFIED", "DELETED")
+            t: metrics.API_SERVER_EVENTS.labels(
+                metrics.collector_name(self.kind), metrics.API_SERVER_SOURCE, label
+            )
+            for t, label in (("ADDED", "create"), ("MODIFIED", "update"), ("DELETED", "delete"))
         }
 
     async def run(self) -> None:
@@ -344,6 +347,8 @@ class Reflector(Generic[T]):
         )
         self.store = items
         self.rv = rv
+        for delta in deltas:  # a list's objects count as events, as an informer's do
+            self._counters[delta.type].inc()
         for start in range(0, len(deltas), 2000):
             await self.out.send(deltas[start : start + 2000])
         log.info(

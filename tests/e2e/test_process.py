@@ -1,19 +1,30 @@
-"""`metacollector run` as a real process: 100 streams on one connection, SIGTERM, exit codes."""
+"""`metacollector run` (and upstream's `meta-collector run`) as a real process: 100 streams on one connection, SIGTERM, exit codes."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import pytest
 import trio
 
 from tests.support.env import REAL_KUBECONFIG
 from tests.support.grpc_watch import GrpcWatch
 from tests.support.process import Collector
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="uses the emulator's synthetic cluster"
@@ -121,3 +132,128 @@ async def test_busy_grpc_port_is_a_clear_startup_error(emulator) -> None:  # typ
     lines = not_logs(proc.stderr.decode())
     assert proc.returncode == 1, lines
     assert lines[-1].startswith("metacollector: error: ") and str(port) in lines[-1]
+
+
+# The flags controller-runtime's zap.Options binds, as a manifest for the upstream binary passes
+# them; the chart's own invocation is `/meta-collector run`.
+ZAP_FLAGS = (
+    "--zap-log-level=info",
+    "--zap-encoder=json",
+    "--zap-devel=false",
+    "--zap-stacktrace-level=error",
+    "--zap-time-encoding=iso8601",
+)
+
+
+def upstream_pattern(msg: str, field: str, node: str) -> re.Pattern[str]:
+    """Upstream's e2e log pattern (test/e2e/lifecycle_test.go), verbatim but for the node."""
+    return re.compile(re.escape(f'"broker.grpc-server","msg":"{msg}","{field}":{json.dumps(node)}'))
+
+
+ENTRY = Path(sys.executable).parent / "meta-collector"  # what `pip install` puts on PATH
+
+
+@dataclass
+class Invocation:
+    """How to start `meta-collector`: as whom, with which command and environment."""
+
+    command: list[str]
+    popen: dict[str, Any]
+    env: dict[str, str]
+    home: Path  # a directory that uid can read (kubeconfig, entry script)
+
+
+ENTRY_SCRIPT = "#!{python}\nimport sys\nfrom metacollector.cli import main\nsys.exit(main())\n"
+
+
+@pytest.fixture(params=[None, 1000], ids=["own-uid", "uid-1000"])
+def invocation(request: pytest.FixtureRequest) -> Iterator[Invocation]:
+    """The installed entry point as ourselves; as uid/gid 1000 (the upstream chart's), the same
+    entry script run by an interpreter that uid can read (this environment's may sit under a
+    0700 home, as the image's world-readable /opt/venv does not), else skipped with why."""
+    home = Path(tempfile.mkdtemp())
+    home.chmod(0o755)
+    try:
+        if request.param is None:
+            yield Invocation([str(ENTRY)], {}, {}, home)
+            return
+        if os.geteuid() != 0:
+            pytest.skip("switching to uid 1000 needs root")
+        as_1000 = {"user": 1000, "group": 1000, "extra_groups": []}
+        command, env = [str(ENTRY)], {}
+        try:
+            subprocess.run([str(ENTRY), "version"], **as_1000, check=True, capture_output=True)
+        except (PermissionError, subprocess.CalledProcessError):
+            minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+            python = shutil.which(minor, path="/usr/bin:/usr/local/bin")
+            if python is None:
+                pytest.skip(f"uid 1000 cannot run {sys.executable} and there is no {minor}")
+            script = home / "meta-collector"
+            script.write_text(ENTRY_SCRIPT.format(python=python))
+            script.chmod(0o755)
+            site = next(p for p in sys.path if p.endswith("site-packages"))
+            command, env = [str(script)], {"PYTHONPATH": f"{site}:{ROOT}"}
+            probe = subprocess.run(
+                [*command, "version"], **as_1000, env={**os.environ, **env}, capture_output=True
+            )
+            if probe.returncode != 0:
+                pytest.skip(f"uid 1000 cannot run the collector here: {probe.stderr[-300:]!r}")
+        yield Invocation(command, as_1000, env, home)
+    finally:
+        shutil.rmtree(home)
+
+
+async def test_upstream_invocation_reaches_ready_and_logs_upstream_lines(
+    emulator: Any, invocation: Invocation
+) -> None:
+    """`meta-collector run` (the entry point the image installs as /meta-collector) with the
+    zap flags; also as uid/gid 1000, the upstream chart's securityContext."""
+    assert ENTRY.exists(), "pip install -e . installs the meta-collector entry point"
+    kubeconfig = invocation.home / "kubeconfig"
+    shutil.copy(emulator.kubeconfig, kubeconfig)
+    kubeconfig.chmod(0o644)
+    collector = Collector(
+        kubeconfig,
+        *ZAP_FLAGS,
+        command=invocation.command,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **invocation.env},
+        **invocation.popen,
+    )
+    try:
+        await collector.ready()
+        if invocation.popen:  # it really runs as 1000:1000
+            status = Path(f"/proc/{collector.proc.pid}/status").read_text()
+            assert re.search(r"^Uid:\t1000\t", status, re.M), status
+            assert re.search(r"^Gid:\t1000\t", status, re.M), status
+        watch = GrpcWatch(f"127.0.0.1:{collector.grpc}", "node-1").start()
+        await watch.wait_for(lambda w: len(w.events) > 0)
+        async with httpx.AsyncClient() as client:  # upstream's e2e reads the body as text
+            body = (await client.get(f"http://127.0.0.1:{collector.metrics}/metrics")).text
+        assert "meta_collector_server_subscribers 1" in body
+        watch.close()
+        with trio.fail_after(10):
+            while await collector.metric("meta_collector_server_subscribers") != 0:
+                await trio.sleep(0.05)
+        rc, stderr = await collector.terminate()
+    finally:
+        if collector.proc.poll() is None:
+            collector.proc.kill()
+    assert rc == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines()]  # --zap-encoder=json
+    # upstream's e2e patterns, byte for byte
+    assert upstream_pattern("received watch request", "node", "node-1").search(stderr)
+    assert upstream_pattern("stream deleted", "subscriber", "node-1").search(stderr)
+    by_msg = {line["msg"]: line for line in lines}
+    assert by_msg["starting grpc server"]["logger"] == "broker"
+    assert by_msg["starting grpc server"]["addr"] == f"127.0.0.1:{collector.grpc}"
+    sync = by_msg["starting initial event sync"]
+    assert (sync["logger"], sync["node"]) == ("broker.grpc-server", "node-1")
+    assert sync["subscriber UID"] == by_msg["received watch request"]["subscriber UID"]
+    closing = by_msg["context canceled, closing connection"]
+    assert (closing["logger"], closing["subscriber"]) == ("broker.grpc-server", "node-1")
+    # the zap flags without a counterpart are noted once
+    noted = [line for line in lines if line["msg"].startswith("flags accepted")]
+    assert len(noted) == 1 and noted[0]["flags"] == {
+        "--zap-stacktrace-level": "error",
+        "--zap-time-encoding": "iso8601",
+    }

@@ -25,7 +25,7 @@ async def test_ready_three_times_within_five_seconds(env: Env) -> None:
 
 
 async def test_subscribe_unsubscribe_logs(env: Env, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="metacollector")
+    caplog.set_level(logging.INFO, logger="broker")  # upstream's logger names
     for i in range(5):
         w = env.watch(f"node-{i}")
         with trio.fail_after(5):  # subscribed
@@ -34,18 +34,26 @@ async def test_subscribe_unsubscribe_logs(env: Env, caplog: pytest.LogCaptureFix
         w.close()
         with trio.fail_after(5):
             while not any(
-                r.getMessage() == "stream deleted" and getattr(r, "node", "") == f"node-{i}"
+                r.getMessage() == "stream deleted" and getattr(r, "subscriber", "") == f"node-{i}"
                 for r in caplog.records
             ):
                 await trio.sleep(0.02)
     lines = [
-        (r.getMessage(), getattr(r, "node", None))
+        (r.name, r.getMessage(), getattr(r, "node", None) or getattr(r, "subscriber", None))
         for r in caplog.records
-        if r.getMessage() in ("received watch request", "stream deleted")
+        if r.name.startswith("broker")
     ]
     expected = []
     for i in range(5):
-        expected += [("received watch request", f"node-{i}"), ("stream deleted", f"node-{i}")]
+        expected += [
+            ("broker.grpc-server", msg, f"node-{i}")
+            for msg in (
+                "received watch request",
+                "starting initial event sync",
+                "context canceled, closing connection",
+                "stream deleted",
+            )
+        ]
     assert lines == expected
 
 

@@ -80,3 +80,57 @@ def helm() -> Path:
     )
     assert version.stdout.startswith("v3.") or version.stdout.startswith("v4."), version.stdout
     return binary
+
+
+# --- Prometheus (Debian package `prometheus`) -------------------------------------------------
+
+PROMETHEUS_DIR = TOOLS / "prometheus"
+
+
+def _fetch_prometheus() -> str | None:
+    """Unpack prometheus and promtool from the Debian package into .tools/prometheus (no root
+    needed: `apt-get download` + `dpkg-deb -x`); the reason when that is impossible."""
+    import shutil
+    import tempfile
+
+    for tool in ("apt-get", "dpkg-deb"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found: the Debian package prometheus cannot be had here"
+    with tempfile.TemporaryDirectory() as tmp:
+        for attempt in range(2):
+            got = subprocess.run(
+                ["apt-get", "download", "prometheus"], cwd=tmp, capture_output=True, text=True,
+                timeout=600,
+            )  # fmt: skip
+            if got.returncode == 0 or attempt or os.geteuid() != 0:
+                break
+            # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+        debs = sorted(Path(tmp).glob("prometheus_*.deb"))
+        if got.returncode != 0 or not debs:
+            return f"apt-get download prometheus failed: {got.stderr.strip()[-300:]}"
+        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), f"{tmp}/x"], check=True, timeout=300)
+        partial = PROMETHEUS_DIR.with_suffix(f".{os.getpid()}.part")
+        partial.mkdir(parents=True, exist_ok=True)
+        for name in ("prometheus", "promtool"):
+            shutil.copy2(Path(tmp) / "x" / "usr" / "bin" / name, partial / name)
+        if not PROMETHEUS_DIR.exists():
+            partial.replace(PROMETHEUS_DIR)
+        else:
+            shutil.rmtree(partial)
+    return None
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Path:
+    """The directory holding `prometheus` and `promtool` (cached under .tools/)."""
+    if not (PROMETHEUS_DIR / "promtool").exists():
+        TOOLS.mkdir(exist_ok=True)
+        reason = _fetch_prometheus()
+        if reason is not None:
+            pytest.skip(reason)
+    version = subprocess.run(
+        [str(PROMETHEUS_DIR / "promtool"), "--version"], capture_output=True, text=True, check=True
+    )
+    assert "promtool, version 2." in version.stdout or "version 3." in version.stdout
+    return PROMETHEUS_DIR

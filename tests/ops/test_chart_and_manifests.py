@@ -89,6 +89,50 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set",
         "extraArgs[0]=--stall-timeout=60",
     ],
+    "ha": ["--set", "replicaCount=2"],
+    "upstream-style": [
+        "--set",
+        "image.registry=",
+        "--set",
+        "image.repository=falcosecurity/k8s-metacollector",
+        "--set",
+        "image.tag=0.1.3",
+        "--set",
+        "serviceMonitor.create=true",
+        "--set-json",  # --set reads "{...}" as a list
+        'serviceMonitor.namespace="{{ .Release.Namespace }}-monitoring"',
+        "--set",
+        "service.ports.metrics.targetPort=metrics",
+        "--set",
+        "grafana.dashboards.enabled=true",
+        "--set",
+        "grafana.dashboards.configMaps.collector.folder=falco",
+        "--set",
+        "grafana.dashboards.configMaps.collector.folderAnnotation=dashboards/folder",
+    ],
+    "security": [
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "nodeBinding.peerAddress=true",
+        "--set",
+        "cloudevents.sink=http://broker-ingress.knative-eventing.svc/default/default",
+        "--set",
+        "cloudevents.tokenAudience=broker-ingress.knative-eventing.default.default",
+    ],
+}
+# Flags the chart renders that other branches add to `metacollector run` (leader election:
+# issue 15; peer-address binding and the sink token: issue 19). Checked once they exist.
+PENDING_FLAGS = {
+    "--leader-elect",
+    "--leader-election-namespace",
+    "--leader-election-id",
+    "--cloudevents-token-file",
+}
+LEASES = {
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "create", "update"],
 }
 SEVEN = {
     ("", "pods"),
@@ -161,6 +205,9 @@ def check_security(docs: list[dict[str, Any]]) -> None:
         assert sc.get("privileged") is not True
     for volume in pod.get("volumes", []):
         assert "hostPath" not in volume
+    if not [d for d in docs if d["kind"] == "ClusterRole"]:  # serviceAccount.create=false
+        assert not [d for d in docs if "Role" in d["kind"]]
+        return
     role = one(docs, "ClusterRole")
     granted = set()
     for rule in role["rules"]:
@@ -168,7 +215,16 @@ def check_security(docs: list[dict[str, Any]]) -> None:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no names, no URLs
         granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == SEVEN
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    args = container(docs)["args"]
+    if "--leader-elect" in args:  # leases in the lease's namespace, nothing else
+        lease_role = one(docs, "Role")
+        assert lease_role["rules"] == [LEASES]
+        lease_binding = one(docs, "RoleBinding")
+        assert lease_binding["roleRef"]["name"] == lease_role["metadata"]["name"]
+        assert lease_binding["metadata"]["namespace"] == lease_role["metadata"]["namespace"]
+        assert f"--leader-election-namespace={lease_role['metadata']['namespace']}" in args
+    else:
+        assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     sa_name = pod.get("serviceAccountName")
@@ -192,6 +248,27 @@ def check_service_monitor(docs: list[dict[str, Any]]) -> None:
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
 
 
+def check_network_policy(policy: dict[str, Any], deployment: dict[str, Any]) -> None:
+    """gRPC only from Falco pods in Falco's namespace (both selectors in one peer: AND),
+    metrics only from the monitoring namespace, probes from anywhere; ingress only."""
+    spec = policy["spec"]
+    assert spec["podSelector"] == deployment["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in spec["ingress"]}
+    assert set(by_port) == set(PORTS)
+    assert all(len(rule["ports"]) == 1 for rule in spec["ingress"])
+    (falco,) = by_port["broker-grpc"]["from"]
+    assert falco == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "falco"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "falco"}},
+    }
+    (monitoring,) = by_port["metrics"]["from"]
+    assert monitoring == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert "from" not in by_port["health-probe"]  # the kubelet probes from the node
+
+
 # --- helm -------------------------------------------------------------------------------------
 
 
@@ -212,13 +289,24 @@ def test_rendered_objects_validate_and_are_locked_down(helm: Path, value_set: st
     validate(docs)
     check_security(docs)
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    assert {"Deployment", "Service"} <= kinds
     deployment = one(docs, "Deployment")
+    # never below the desired number of ready (= synced) replicas during a rolling update
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    assert one(docs, "Service")["spec"]["publishNotReadyAddresses"] is False
     pod = deployment["spec"]["template"]["spec"]
     args = container(docs)["args"]
     mounts = {m["mountPath"] for m in container(docs).get("volumeMounts", [])}
+    if value_set != "overrides":
+        assert {"ClusterRole", "ClusterRoleBinding", "ServiceAccount"} <= kinds
+    if value_set not in ("ha", "overrides"):
+        assert "PodDisruptionBudget" not in kinds and "topologySpreadConstraints" not in pod
+        assert "--leader-elect" not in args
+    if value_set != "security":
+        assert "NetworkPolicy" not in kinds  # off by default
     if value_set == "defaults":
         assert "ServiceAccount" in kinds and "ServiceMonitor" not in kinds
+        assert container(docs)["image"] == "ghcr.io/metacollector/metacollector:0.1.0"
         assert not any(
             a.startswith(("--broker-server", "--broker-client", "--cloud")) for a in args
         )
@@ -251,11 +339,54 @@ def test_rendered_objects_validate_and_are_locked_down(helm: Path, value_set: st
         assert json.loads(dashboard["data"]["metacollector.json"]) == json.loads(
             (CHART / "dashboards" / "metacollector.json").read_text()
         )
+    if value_set in ("ha", "overrides"):  # replicaCount=2: the HA set-up
+        budget = one(docs, "PodDisruptionBudget")
+        assert budget["spec"]["minAvailable"] == 1
+        assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+        (spread,) = pod["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+        assert spread["labelSelector"] == deployment["spec"]["selector"]
+        namespace = deployment["metadata"]["namespace"]
+        name = deployment["metadata"]["name"]
+        assert args[-4 if value_set == "overrides" else -3 :][:3] == [
+            "--leader-elect",
+            f"--leader-election-namespace={namespace}",
+            f"--leader-election-id={name}",
+        ]
+    if value_set == "upstream-style":
+        assert container(docs)["image"] == "falcosecurity/k8s-metacollector:0.1.3"
+        monitor = one(docs, "ServiceMonitor")
+        assert monitor["metadata"]["namespace"] == "falco-monitoring"  # templated
+        assert monitor["spec"]["namespaceSelector"]["matchNames"] == ["falco"]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["honorLabels"] is True
+        assert monitor["spec"]["jobLabel"] == "mc"
+        dashboard = one(docs, "ConfigMap")
+        assert dashboard["metadata"]["annotations"]["dashboards/folder"] == "falco"
+        assert "grafana_dashboard_folder" not in dashboard["metadata"]["annotations"]
+    if value_set == "security":
+        assert "--broker-node-binding=peer-address" in args
+        token = "/var/run/secrets/metacollector/cloudevents/token"
+        assert f"--cloudevents-token-file={token}" in args
+        (volume,) = pod["volumes"]
+        (source,) = volume["projected"]["sources"]
+        assert source["serviceAccountToken"] == {
+            "path": "token",
+            "audience": "broker-ingress.knative-eventing.default.default",
+            "expirationSeconds": 3600,
+        }
+        (mount,) = container(docs)["volumeMounts"]
+        assert mount["name"] == volume["name"] and token.startswith(mount["mountPath"] + "/")
+        check_network_policy(one(docs, "NetworkPolicy"), deployment)
     if value_set == "overrides":
         assert "ServiceAccount" not in kinds
+        # like upstream: no ClusterRole bound to an account the chart did not create
+        assert not [d for d in docs if "Role" in d["kind"]]
         assert pod["serviceAccountName"] == "existing-sa"
         assert deployment["metadata"]["name"] == "collector"
-        assert {d["metadata"].get("namespace") for d in docs} == {"observability", None}
+        assert {d["metadata"].get("namespace") for d in docs} == {
+            "observability"
+        }  # no cluster RBAC
         assert container(docs)["image"] == "registry.example.com/metacollector/metacollector:1.2.3"
         assert pod["imagePullSecrets"] == [{"name": "regcred"}]
         assert deployment["spec"]["replicas"] == 2
@@ -334,6 +465,7 @@ def test_values_keep_the_upstream_chart_keys() -> None:
         "service.ports.health-probe.port",
         "service.ports.broker-grpc.port",
         "serviceMonitor.create",
+        "serviceMonitor.namespace",
         "serviceMonitor.path",
         "serviceMonitor.labels",
         "serviceMonitor.interval",
@@ -352,6 +484,12 @@ def test_values_keep_the_upstream_chart_keys() -> None:
         "grafana.dashboards.configMaps.collector.name",
         "grafana.dashboards.configMaps.collector.namespace",
         "grafana.dashboards.configMaps.collector.folder",
+        "grafana.dashboards.configMaps.collector.folderAnnotation",
+        "podLabels",
+        "service.ports.health-probe.targetPort",
+        "service.ports.broker-grpc.targetPort",
+        "healthChecks.livenessProbe.httpGet.port",
+        "healthChecks.readinessProbe.httpGet.port",
     ]
     for dotted in upstream:
         node: Any = values
@@ -394,6 +532,32 @@ def test_manifests_validate_and_are_locked_down() -> None:
     )
 
 
+def test_optional_manifests_match_the_chart(helm: Path) -> None:
+    """k8s/ha/ and k8s/networkpolicy/ are the chart's replicaCount=2 and networkPolicy objects."""
+    deployment = one(manifests(), "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    ha = [d for d in yaml.safe_load_all((K8S / "ha" / "ha.yaml").read_text()) if d]
+    policy = [
+        d
+        for d in yaml.safe_load_all((K8S / "networkpolicy" / "networkpolicy.yaml").read_text())
+        if d
+    ]
+    validate(ha + policy)
+    budget = one(ha, "PodDisruptionBudget")
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    chart = render(helm, VALUE_SETS["ha"] + VALUE_SETS["security"])
+    assert budget["spec"] == one(chart, "PodDisruptionBudget")["spec"] | {
+        "selector": budget["spec"]["selector"]
+    }
+    assert one(ha, "Role")["rules"] == one(chart, "Role")["rules"] == [LEASES]
+    subject = one(ha, "RoleBinding")["subjects"][0]
+    assert subject["name"] == deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    check_network_policy(one(policy, "NetworkPolicy"), deployment)
+    text = (K8S / "ha" / "ha.yaml").read_text()
+    for flag in ("--leader-elect", "--leader-election-namespace=", "--leader-election-id="):
+        assert flag in text  # the patch in its header
+
+
 def test_manifests_match_the_chart_defaults(helm: Path) -> None:
     """The plain manifests are the chart's defaults written out: same container contract."""
     chart = container(render(helm, []))
@@ -408,18 +572,22 @@ def test_manifests_match_the_chart_defaults(helm: Path) -> None:
     assert one(manifests(), "ClusterRole")["rules"] == one(render(helm, []), "ClusterRole")["rules"]
 
 
-def test_falco_values_example_points_the_plugin_at_the_service() -> None:
+def test_falco_values_use_the_falco_charts_own_wiring_with_our_image() -> None:
+    """collectors.kubernetes.enabled with the subchart's image pointed at ours; the plugin and
+    rules versions the Falco chart (falcosecurity/charts, falco 9.x) ships."""
     values = yaml.safe_load((K8S / "falco" / "values.yaml").read_text())
-    assert values["collectors"]["kubernetes"]["enabled"] is False
-    assert "k8smeta" in values["falco"]["load_plugins"]
-    (plugin,) = [p for p in values["falco"]["plugins"] if p["name"] == "k8smeta"]
-    service = one(manifests(), "Service")
-    meta = service["metadata"]
-    assert plugin["init_config"]["collectorHostname"] == f"{meta['name']}.{meta['namespace']}.svc"
-    assert plugin["init_config"]["collectorPort"] == PORTS["broker-grpc"]
-    assert plugin["init_config"]["nodeName"] == "${FALCO_K8S_NODE_NAME}"
-    refs = values["falcoctl"]["config"]["artifact"]["install"]["refs"]
-    assert any("plugin/k8smeta:" in r for r in refs)
+    kubernetes = values["collectors"]["kubernetes"]
+    assert kubernetes["enabled"] is True
+    assert kubernetes["pluginRef"] == "ghcr.io/falcosecurity/plugins/plugin/k8smeta:0.4.1"
+    assert "plugins" not in values.get("falco", {})  # the chart generates the plugin config
+    image = values["k8s-metacollector"]["image"]
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert image["registry"] == chart_values["image"]["registry"]
+    assert image["repository"] == chart_values["image"]["repository"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert image["tag"] == chart["appVersion"]
+    artifact = values["falcoctl"]["config"]["artifact"]
+    assert artifact["install"]["refs"] == artifact["follow"]["refs"] == ["falco-rules:5"]
 
 
 # --- agreement with the CLI -------------------------------------------------------------------
@@ -435,7 +603,13 @@ def run_flags() -> dict[str, Any]:
 @pytest.mark.parametrize("source", ["chart", "manifests"])
 def test_ports_probes_and_flags_agree_with_cli(helm: Path, source: str) -> None:
     docs = (
-        render(helm, VALUE_SETS["tls-mtls-binding"] + VALUE_SETS["monitoring-cloudevents"])
+        render(
+            helm,
+            VALUE_SETS["tls-mtls-binding"]
+            + VALUE_SETS["monitoring-cloudevents"]
+            + VALUE_SETS["ha"]
+            + ["--set", "cloudevents.tokenAudience=sink"],
+        )
         if source == "chart"
         else manifests()
     )
@@ -445,6 +619,8 @@ def test_ports_probes_and_flags_agree_with_cli(helm: Path, source: str) -> None:
     values: dict[str, str] = {}
     for arg in c["args"][1:]:
         name, eq, value = arg.partition("=")
+        if name in PENDING_FLAGS and name not in flags:
+            continue
         assert name in flags, f"{source}: {name} is not a flag of `metacollector run`"
         action = flags[name]
         if eq:

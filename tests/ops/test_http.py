@@ -49,7 +49,7 @@ async def test_metrics_scrape_has_upstream_names_and_negotiates_openmetrics(
     nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     metrics.DISPATCHED_EVENTS.labels(kind="Pod", type="Create").inc(0)
-    metrics.API_SERVER_EVENTS.labels(name="pod", source="api-server", type="added").inc(0)
+    metrics.zero_initialise(["Pod"])
     served = await start(nursery, "127.0.0.1:0", "127.0.0.1:0", Readiness())
     assert served.metrics_port != served.health_port
 
@@ -63,15 +63,15 @@ async def test_metrics_scrape_has_upstream_names_and_negotiates_openmetrics(
     }
     for name in UPSTREAM_NAMES:
         assert name in names, name  # exact Go names (counters without _total too)
-    assert "meta_collector_broker_dispatched_events_total" in names
+    assert "meta_collector_broker_dispatched_events_total" not in names  # one name, upstream's
     assert 'meta_collector_broker_dispatched_events{kind="Pod",type="Create"}' in r.text
     assert (
-        'meta_collector_collector_event_api_server_received{name="pod",source="api-server",'
-        'type="added"}' in r.text
+        'meta_collector_collector_event_api_server_received{name="pod-collector",'
+        'source="api-server",type="generic"} 0.0' in r.text
     )
     for ours in (
         "metacollector_mailbox_depth",
-        "metacollector_send_latency_seconds_bucket",
+        "meta_collector_broker_queue_duration_seconds_bucket",
         "metacollector_watch_restarts",
         "process_resident_memory_bytes",
     ):

@@ -45,21 +45,26 @@ def test_json_lines_keep_upstream_wording_and_extra_fields_at_top_level(
 ) -> None:
     out = io.StringIO()
     configure_logging("info", "json", stream=out)
-    watch = logging.getLogger("metacollector.grpc.watch")
-    watch.info("received watch request", extra={"node": "n1", "subscriber": 7, "kinds": ["Pod"]})
-    watch.info("stream deleted", extra={"node": "n1", "subscriber": 7})
+    watch = logging.getLogger("broker.grpc-server")
+    watch.info(
+        "received watch request",
+        extra={"node": "n1", "subscriber UID": "7", "kinds": ["Pod"]},
+    )
+    watch.info("stream deleted", extra={"subscriber": "n1", "subscriber UID": "7"})
     watch.debug("not at info level")
-    logging.getLogger("metacollector").info(
-        "starting grpc server", extra={"address": ":45000", "msg_id": object()}
+    logging.getLogger("broker").info(
+        "starting grpc server", extra={"addr": ":45000", "msg_id": object()}
     )
     received, deleted, started = lines(out)
     assert received["msg"] == "received watch request" and received["node"] == "n1"
-    assert received["subscriber"] == 7 and received["kinds"] == ["Pod"]
-    assert received["level"] == "info" and received["logger"] == "metacollector.grpc.watch"
+    assert received["subscriber UID"] == "7" and received["kinds"] == ["Pod"]
+    assert received["level"] == "info" and received["logger"] == "broker.grpc-server"
     assert RFC3339_MS.match(str(received["ts"]))
-    assert list(received)[:4] == ["ts", "level", "logger", "msg"]
-    assert deleted["msg"] == "stream deleted" and deleted["subscriber"] == 7
-    assert started["msg"] == "starting grpc server" and started["address"] == ":45000"
+    assert list(received)[:5] == ["ts", "level", "logger", "msg", "node"]
+    # upstream's e2e pattern: logger, msg and the first field, adjacent and compact
+    assert '"broker.grpc-server","msg":"stream deleted","subscriber":"n1"' in out.getvalue()
+    assert deleted["msg"] == "stream deleted" and deleted["subscriber"] == "n1"
+    assert started["msg"] == "starting grpc server" and started["addr"] == ":45000"
     assert str(started["msg_id"]).startswith("<object object")  # not JSON-native: str()
 
 
@@ -96,8 +101,8 @@ def test_repeats_are_limited_then_summarised(restore_logging: None) -> None:
         log.warning("watch failed", extra={"resource": "pods", "error": f"reset {i}"})
     for _ in range(3):  # another resource is another key
         log.warning("watch failed", extra={"resource": "services", "error": "reset"})
-    for subscriber in range(20):  # one line per subscriber, never suppressed
-        log.info("received watch request", extra={"node": "n1", "subscriber": subscriber})
+    for subscriber in range(20):  # one line per subscriber of a node, never suppressed
+        log.info("received watch request", extra={"node": "n1", "subscriber UID": subscriber})
     docs = lines(out)
     pods = [d for d in docs if d.get("resource") == "pods"]
     assert [d["error"] for d in pods] == [f"reset {i}" for i in range(5)]

@@ -50,9 +50,36 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.mtls.nodeBinding (not (or .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap)) }}
 {{- fail "mtls.nodeBinding needs a client CA (mtls.clientCASecret or mtls.clientCAConfigMap)" }}
 {{- end }}
+{{- if and .Values.mtls.nodeBinding .Values.nodeBinding.peerAddress }}
+{{- fail "node binding: set mtls.nodeBinding (certificates) or nodeBinding.peerAddress, not both" }}
+{{- end }}
 {{- end }}
 
 {{/* True (non-empty) when a client CA is configured. */}}
 {{- define "metacollector.clientCA" -}}
 {{- if or .Values.mtls.clientCASecret .Values.mtls.clientCAConfigMap }}true{{ end }}
+{{- end }}
+
+{{/* The image: [registry/]repository:tag, as upstream's chart (image.registry="" -> no prefix). */}}
+{{- define "metacollector.image" -}}
+{{- with .Values.image.registry }}{{ . }}/{{ end }}
+{{- .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* True (non-empty) when the replicas elect a leader (CloudEvents from exactly one). */}}
+{{- define "metacollector.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "metacollector.leaderElectionNamespace" -}}
+{{- default (include "metacollector.namespace" .) .Values.leaderElection.namespace }}
+{{- end }}
+
+{{- define "metacollector.leaderElectionID" -}}
+{{- default (include "metacollector.fullname" .) .Values.leaderElection.id }}
+{{- end }}
+
+{{/* Where the projected CloudEvents token is mounted. */}}
+{{- define "metacollector.cloudeventsTokenDir" -}}
+/var/run/secrets/metacollector/cloudevents
 {{- end }}

@@ -1,10 +1,11 @@
-"""Discovery documents: enough for kubectl (get, create -f, label, delete, get -w)."""
+"""Discovery documents: enough for kubectl (get, create -f, apply -f, label, delete, get -w),
+for every group the store serves."""
 
 from __future__ import annotations
 
 import msgspec
 
-from metacollector.emulator.store import RESOURCES, ResourceInfo
+from metacollector.emulator.store import GROUP_VERSIONS, RESOURCES, ResourceInfo
 
 _encode = msgspec.json.Encoder().encode
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -43,17 +44,25 @@ def _resource_list(group_version: str, group: str) -> bytes:
     )
 
 
-_APPS_GROUP = {
-    "name": "apps",
-    "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
-    "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
-}
+def _group(name: str, version: str) -> dict[str, object]:
+    gv = {"groupVersion": f"{name}/{version}", "version": version}
+    return {"name": name, "versions": [gv], "preferredVersion": gv}
+
+
+_GROUPS = [_group(group, version) for group, version in GROUP_VERSIONS.items() if group]
 DOCUMENTS = {
     "/api": _encode({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
     "/api/v1": _resource_list("v1", ""),
-    "/apis": _encode({"kind": "APIGroupList", "apiVersion": "v1", "groups": [_APPS_GROUP]}),
-    "/apis/apps": _encode({"kind": "APIGroup", "apiVersion": "v1", **_APPS_GROUP}),
-    "/apis/apps/v1": _resource_list("apps/v1", "apps"),
+    "/apis": _encode({"kind": "APIGroupList", "apiVersion": "v1", "groups": _GROUPS}),
+    **{
+        f"/apis/{g['name']}": _encode({"kind": "APIGroup", "apiVersion": "v1", **g})
+        for g in _GROUPS
+    },
+    **{
+        f"/apis/{group}/{version}": _resource_list(f"{group}/{version}", group)
+        for group, version in GROUP_VERSIONS.items()
+        if group
+    },
     "/version": _encode(
         {
             "major": "1",
@@ -108,13 +117,17 @@ def _openapi_v3(group: str, version: str) -> bytes:
     )
 
 
+def _openapi_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
 DOCUMENTS["/openapi/v3"] = _encode(
     {
         "paths": {
-            "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=1"},
-            "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1?hash=1"},
+            _openapi_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_openapi_path(g, v)}?hash=1"}
+            for g, v in GROUP_VERSIONS.items()
         }
     }
 )
-DOCUMENTS["/openapi/v3/api/v1"] = _openapi_v3("", "v1")
-DOCUMENTS["/openapi/v3/apis/apps/v1"] = _openapi_v3("apps", "v1")
+for _g, _v in GROUP_VERSIONS.items():
+    DOCUMENTS[f"/openapi/v3/{_openapi_path(_g, _v)}"] = _openapi_v3(_g, _v)

@@ -1,14 +1,35 @@
-"""JSON merge patch (RFC 7386), also used for strategic-merge patches.
+"""JSON merge patch (RFC 7386) and the common part of strategic merge patch.
 
-Simplification: strategic merge patch is applied as a merge patch, so lists are replaced
-rather than merged by key. Enough for metadata, labels, annotations, status and scalar spec
-fields, which is what the emulator's clients patch.
+Strategic merge patch is what ``kubectl apply``, ``label`` and ``edit`` send for built-in kinds.
+Implemented here: lists of objects merged by their merge key (containers by name, ports by port
+number, ...), ``$patch: delete|replace``, ``$setElementOrder/``, ``$deleteFromPrimitiveList/``,
+finalizers merged as a set; every other list is replaced, as the real server does for lists
+without a merge strategy. The merge keys are looked up by field name, which for the kinds the
+emulator serves gives the same answer as the real schema.
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+# field name -> merge key (ports: containerPort in containers, port in Services)
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "volumeDevices": "devicePath",
+    "imagePullSecrets": "name",
+    "hostAliases": "ip",
+    "ownerReferences": "uid",
+    "conditions": "type",
+    "topologySpreadConstraints": "topologyKey",
+    "ports": "port",
+}
+MERGED_SETS = {"finalizers"}  # primitive lists with patchStrategy=merge
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -23,3 +44,78 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[key] = merge_patch(out.get(key), value)
     return out
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with ``patch`` applied; like merge_patch, copies only what the patch touches."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if patch.get("$patch") == "replace":
+        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+    out = dict(target) if isinstance(target, dict) else {}
+    orders: dict[str, list[Any]] = {}
+    for key, value in patch.items():
+        directive, _, field = key.partition("/")
+        if directive == "$setElementOrder":
+            orders[field] = value
+        elif directive == "$deleteFromPrimitiveList":
+            out[field] = [v for v in out.get(field) or [] if v not in value]
+        elif key.startswith("$"):
+            continue  # $patch on a map that is merged, $retainKeys
+        elif value is None:
+            out.pop(key, None)
+        elif isinstance(value, list) and key in MERGED_SETS:
+            current = list(out.get(key) or [])
+            out[key] = current + [v for v in value if v not in current]
+        elif isinstance(value, list) and key in MERGE_KEYS:
+            out[key] = _merge_list(out.get(key), value, _merge_key(key, value))
+        else:
+            out[key] = strategic_merge_patch(out.get(key), value)
+    for field, order in orders.items():
+        if isinstance(out.get(field), list):
+            out[field] = _reorder(out[field], order)
+    return out
+
+
+def _merge_key(field: str, items: list[Any]) -> str:
+    if field == "ports" and any(isinstance(i, dict) and "containerPort" in i for i in items):
+        return "containerPort"
+    return MERGE_KEYS[field]
+
+
+def _merge_list(current: Any, patch: list[Any], key: str) -> list[Any]:
+    if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
+        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and "$patch" in i)]
+    if not all(isinstance(i, dict) and key in i for i in patch):
+        return copy.deepcopy(patch)  # not mergeable by key: replaced
+    items = list(current) if isinstance(current, list) else []
+    for change in patch:
+        at = next(
+            (n for n, c in enumerate(items) if isinstance(c, dict) and c.get(key) == change[key]),
+            None,
+        )
+        if change.get("$patch") == "delete":
+            if at is not None:
+                del items[at]
+        elif at is None:
+            items.append(strategic_merge_patch({}, change))
+        else:
+            items[at] = strategic_merge_patch(items[at], change)
+    return items
+
+
+def _reorder(items: list[Any], order: list[Any]) -> list[Any]:
+    """``items`` in the order ``$setElementOrder`` gives; items it does not name keep their
+    relative order after those it names."""
+
+    def rank(item: Any) -> int:
+        for n, wanted in enumerate(order):
+            if item == wanted or (
+                isinstance(item, dict)
+                and isinstance(wanted, dict)
+                and all(item.get(k) == v for k, v in wanted.items())
+            ):
+                return n
+        return len(order)
+
+    return sorted(items, key=rank)

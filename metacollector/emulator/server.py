@@ -21,20 +21,12 @@ import h11
 import msgspec
 import trio
 
-from metacollector.emulator import discovery
+from metacollector.emulator import discovery, objects
 from metacollector.emulator.churn import ChurnStats, run_store_churn
-from metacollector.emulator.patch import merge_patch
+from metacollector.emulator.routing import Route, json_body, parse_path
 from metacollector.emulator.selectors import SelectorError, object_filter
-from metacollector.emulator.store import (
-    RESOURCES,
-    AlreadyExists,
-    Conflict,
-    Event,
-    Expired,
-    NotFound,
-    Obj,
-    Store,
-)
+from metacollector.emulator.status import HTTPError, status_body
+from metacollector.emulator.store import RESOURCES, Event, Expired, Obj, Store
 
 log = logging.getLogger("metacollector.emulator")
 _current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
@@ -72,63 +64,11 @@ class Stats:
     requests_by_agent: dict[str, int] = field(default_factory=dict)
 
 
-class HTTPError(Exception):
-    def __init__(
-        self, code: int, reason: str, message: str, headers: list[tuple[str, str]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
-        self.headers = headers or []
-
-
-def status_body(code: int, reason: str, message: str) -> bytes:
-    return _encode(
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code,
-        }
-    )
-
-
 def partial(obj: Obj, list_item: bool = False) -> Obj:
     out: Obj = {"metadata": obj["metadata"]}
     if not list_item:
         out = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", **out}
     return out
-
-
-@dataclass
-class Route:
-    plural: str
-    namespace: str
-    name: str
-    subresource: str
-
-
-def parse_path(path: str) -> Route | None:
-    parts = [p for p in path.split("/") if p]
-    if parts[:2] == ["api", "v1"]:
-        rest = parts[2:]
-    elif parts[:3] == ["apis", "apps", "v1"]:
-        rest = parts[3:]
-    else:
-        return None
-    namespace = ""
-    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in RESOURCES:
-        namespace, rest = rest[1], rest[2:]
-    if not rest or rest[0] not in RESOURCES:
-        return None
-    info = RESOURCES[rest[0]]
-    if (info.group == "apps") != (parts[0] == "apis"):
-        return None
-    return Route(
-        rest[0], namespace, rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""
-    )
 
 
 class Emulator:
@@ -256,7 +196,7 @@ class Emulator:
             self._authorize(headers, url.path)
             result = await self._dispatch(method, url.path, query, headers, body)
         except HTTPError as exc:
-            payload = status_body(exc.code, exc.reason, exc.message)
+            payload = exc.body()
             await self._full(stream, conn, exc.code, payload, exc.headers)
             return True
         except Exception:
@@ -352,109 +292,27 @@ class Emulator:
         if targeted and f.error_requests > 0:
             f.error_requests -= 1
             raise HTTPError(500, "InternalError", "injected server error")
-        info = RESOURCES[route.plural]
         metadata_only = PARTIAL in headers.get("accept", "")
         if method == "GET" and not route.name:
             if is_watch:
                 return self._watch(route, query, metadata_only, targeted)
             return 200, self._list(route, query, metadata_only)
         if method == "GET":
-            stored = self._get(route)
+            stored = objects.get(self.store, route)
             return 200, _encode(partial(stored.obj)) if metadata_only else stored.data
         if method == "POST" and not route.name:
-            obj = self._body(body)
-            meta = obj.setdefault("metadata", {})
-            if info.namespaced:
-                if (
-                    meta.get("namespace")
-                    and route.namespace
-                    and meta["namespace"] != route.namespace
-                ):
-                    raise HTTPError(
-                        400,
-                        "BadRequest",
-                        "the namespace of the object does not match the namespace on the request",
-                    )
-                meta["namespace"] = route.namespace or meta.get("namespace") or "default"
-                if ("", meta["namespace"]) not in self.store.objects["namespaces"]:
-                    raise HTTPError(404, "NotFound", f'namespaces "{meta["namespace"]}" not found')
-            if not meta.get("name") and not meta.get("generateName"):
-                raise HTTPError(
-                    422, "Invalid", f"{info.kind} is invalid: metadata.name: Required value"
-                )
-            try:
-                return 201, self.store.create(route.plural, obj).data
-            except AlreadyExists:
-                raise HTTPError(
-                    409, "AlreadyExists", f'{route.plural} "{meta["name"]}" already exists'
-                ) from None
+            return 201, objects.create(self.store, route, body)
         if method == "PUT" and route.name:
-            obj = self._body(body)
-            obj.setdefault("metadata", {}).update(name=route.name)
-            if info.namespaced:
-                obj["metadata"]["namespace"] = route.namespace
-            return 200, self._update(route, obj)
+            return 200, objects.replace(self.store, route, body)
         if method == "PATCH" and route.name:
             content_type = headers.get("content-type", "").split(";")[0].strip()
-            if content_type not in (
-                "application/merge-patch+json",
-                "application/strategic-merge-patch+json",
-            ):
-                raise HTTPError(
-                    415,
-                    "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type})",
-                )
-            current = self._get(route)
-            # merge_patch copies only what the patch touches and the stored object is never
-            # mutated, so the patched object can share its other subtrees with it
-            patched = merge_patch(current.obj, self._body(body))
-            patched["metadata"] = {**patched["metadata"], "resourceVersion": ""}
-            return 200, self._update(route, patched)
+            return 200, objects.patch(self.store, route, content_type, body)
         if method == "DELETE" and route.name:
-            try:
-                return 200, self.store.delete(route.plural, route.namespace, route.name).data
-            except NotFound:
-                raise self._not_found(route) from None
+            return 200, objects.delete(self.store, route)
         raise HTTPError(405, "MethodNotAllowed", f"method {method} not allowed on {path}")
 
     def _count(self, key: str) -> None:
         self.stats.requests[key] = self.stats.requests.get(key, 0) + 1
-
-    def _not_found(self, route: Route) -> HTTPError:
-        return HTTPError(404, "NotFound", f'{route.plural} "{route.name}" not found')
-
-    def _get(self, route: Route) -> Any:
-        try:
-            return self.store.get(route.plural, route.namespace, route.name)
-        except NotFound:
-            raise self._not_found(route) from None
-
-    def _update(self, route: Route, obj: Obj) -> bytes:
-        if route.subresource not in ("", "status") or (
-            route.subresource and route.plural != "pods"
-        ):
-            raise HTTPError(404, "NotFound", f"subresource {route.subresource} not found")
-        try:
-            return self.store.update(route.plural, obj, subresource=route.subresource).data
-        except NotFound:
-            raise self._not_found(route) from None
-        except Conflict:
-            raise HTTPError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {route.plural} "{route.name}": the object has been modified; please apply your changes to the latest version and try again',
-            ) from None
-
-    @staticmethod
-    def _body(body: bytes) -> Obj:
-        try:
-            obj = _decode(body)
-        except ValueError:  # msgspec.DecodeError is a ValueError
-            raise HTTPError(400, "BadRequest", "request body is not valid JSON") from None
-        if not isinstance(obj, dict):
-            raise HTTPError(400, "BadRequest", "request body must be a JSON object")
-        return obj
 
     # --- lists -----------------------------------------------------------------------------
     def _filter(self, route: Route, query: dict[str, str]) -> Callable[[Obj], bool] | None:
@@ -696,14 +554,14 @@ class Emulator:
                 }
             )
         if path == "/admin/faults" and method == "POST":
-            changes = self._body(body)
+            changes = json_body(body)
             for key, value in changes.items():
                 if not hasattr(self.faults, key):
                     raise HTTPError(400, "BadRequest", f"unknown fault {key!r}")
                 setattr(self.faults, key, type(getattr(self.faults, key))(value))
             return 200, _encode(asdict(self.faults))
         if path == "/admin/churn" and method == "POST":
-            args = self._body(body)
+            args = json_body(body)
             self.start_churn(float(args["rate"]), args.get("duration"), int(args.get("seed", 7)))
             return 200, b"{}"
         if path == "/admin/compact" and method == "POST":
@@ -718,7 +576,7 @@ class Emulator:
                     scope.cancel()  # (all clients: test tools reconnect too)
             return 200, b"{}"
         if path == "/admin/tokens" and method == "POST":
-            self.tokens = set(self._body(body)["tokens"])
+            self.tokens = set(json_body(body)["tokens"])
             return 200, b"{}"
         if path == "/admin/reset-stats" and method == "POST":
             self.stats = Stats()

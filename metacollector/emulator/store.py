@@ -36,9 +36,11 @@ class ResourceInfo:
 
     @property
     def api_version(self) -> str:
+        """The objects' ``apiVersion``, also the group/version of their URLs."""
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
+RBAC = "rbac.authorization.k8s.io"
 RESOURCES: dict[str, ResourceInfo] = {
     r.plural: r
     for r in (
@@ -50,8 +52,19 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("deployments", "Deployment", "apps", "v1", True, ("deploy",)),
         ResourceInfo("replicasets", "ReplicaSet", "apps", "v1", True, ("rs",)),
         ResourceInfo("daemonsets", "DaemonSet", "apps", "v1", True, ("ds",)),
+        # stored and served, not watched by the collector: the kinds of k8s/ and the chart,
+        # and the Leases of leader election
+        ResourceInfo("serviceaccounts", "ServiceAccount", "", "v1", True, ("sa",)),
+        ResourceInfo("configmaps", "ConfigMap", "", "v1", True, ("cm",)),
+        ResourceInfo("clusterroles", "ClusterRole", RBAC, "v1", False),
+        ResourceInfo("clusterrolebindings", "ClusterRoleBinding", RBAC, "v1", False),
+        ResourceInfo("roles", "Role", RBAC, "v1", True),
+        ResourceInfo("rolebindings", "RoleBinding", RBAC, "v1", True),
+        ResourceInfo("leases", "Lease", "coordination.k8s.io", "v1", True),
+        ResourceInfo("poddisruptionbudgets", "PodDisruptionBudget", "policy", "v1", True, ("pdb",)),
     )
 }
+GROUP_VERSIONS: dict[str, str] = {info.group: info.version for info in RESOURCES.values()}
 WORKLOADS = {"deployments", "replicasets", "daemonsets", "replicationcontrollers"}
 
 

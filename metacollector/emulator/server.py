@@ -23,10 +23,11 @@ import trio
 
 from metacollector.emulator import discovery, objects
 from metacollector.emulator.churn import ChurnStats, run_store_churn
-from metacollector.emulator.routing import Route, json_body, parse_path
+from metacollector.emulator.routing import Form, Route, json_body, parse_path
 from metacollector.emulator.selectors import SelectorError, object_filter
 from metacollector.emulator.status import HTTPError, status_body
-from metacollector.emulator.store import RESOURCES, Event, Expired, Obj, Store
+from metacollector.emulator.store import RESOURCES, Event, Expired, Obj, Store, partial
+from metacollector.emulator.tables import encode_table, table
 
 log = logging.getLogger("metacollector.emulator")
 _current_connection: contextvars.ContextVar[trio.CancelScope] = contextvars.ContextVar("conn")
@@ -34,7 +35,6 @@ _agent: contextvars.ContextVar[str] = contextvars.ContextVar("agent")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 WATCH_BATCH = 256  # events written with one send when a watcher has several queued
-PARTIAL = "as=PartialObjectMetadata"
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
@@ -62,13 +62,6 @@ class Stats:
     watch_bytes: int = 0
     bytes_by_agent: dict[str, int] = field(default_factory=dict)  # by User-Agent product
     requests_by_agent: dict[str, int] = field(default_factory=dict)
-
-
-def partial(obj: Obj, list_item: bool = False) -> Obj:
-    out: Obj = {"metadata": obj["metadata"]}
-    if not list_item:
-        out = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", **out}
-    return out
 
 
 class Emulator:
@@ -292,14 +285,18 @@ class Emulator:
         if targeted and f.error_requests > 0:
             f.error_requests -= 1
             raise HTTPError(500, "InternalError", "injected server error")
-        metadata_only = PARTIAL in headers.get("accept", "")
+        form = Form.of(headers.get("accept", ""))
         if method == "GET" and not route.name:
             if is_watch:
-                return self._watch(route, query, metadata_only, targeted)
-            return 200, self._list(route, query, metadata_only)
+                return self._watch(route, query, form, targeted)
+            return 200, self._list(route, query, form)
         if method == "GET":
             stored = objects.get(self.store, route)
-            return 200, _encode(partial(stored.obj)) if metadata_only else stored.data
+            if form is Form.TABLE:
+                meta = {"resourceVersion": str(stored.rv)}
+                include = query.get("includeObject", "")
+                return 200, encode_table(route.plural, [stored.obj], meta, include)
+            return 200, _encode(partial(stored.obj)) if form is Form.PARTIAL else stored.data
         if method == "POST" and not route.name:
             return 201, objects.create(self.store, route, body)
         if method == "PUT" and route.name:
@@ -328,7 +325,7 @@ class Emulator:
             return lambda o: o["metadata"].get("namespace") == ns and (inner is None or inner(o))
         return predicate
 
-    def _list(self, route: Route, query: dict[str, str], metadata_only: bool) -> bytes:
+    def _list(self, route: Route, query: dict[str, str], form: Form) -> bytes:
         store = self.store
         limit = int(query.get("limit") or 0)
         rv_param = query.get("resourceVersion", "")
@@ -384,7 +381,12 @@ class Emulator:
         if token:
             meta["continue"] = token
             meta["remainingItemCount"] = len(items) - next_offset
-        if metadata_only:
+        if form is Form.TABLE:
+            include = query.get("includeObject", "")
+            out = encode_table(route.plural, (s.obj for s in page), meta, include)
+            self.stats.list_bytes += len(out)
+            return out
+        if form is Form.PARTIAL:
             head = {
                 "kind": "PartialObjectMetadataList",
                 "apiVersion": "meta.k8s.io/v1",
@@ -400,7 +402,7 @@ class Emulator:
 
     # --- watches ---------------------------------------------------------------------------
     def _watch(
-        self, route: Route, query: dict[str, str], metadata_only: bool, targeted: bool = True
+        self, route: Route, query: dict[str, str], form: Form, targeted: bool = True
     ) -> Producer:
         store = self.store
         predicate = self._filter(route, query)
@@ -444,8 +446,13 @@ class Emulator:
         info = RESOURCES[route.plural]
         faults = self.faults
 
+        include = query.get("includeObject", "")
+
         def line(event: Event) -> bytes:
-            return event.partial_line() if metadata_only else event.line()
+            if form is Form.TABLE:
+                row = table(route.plural, [event.obj], {"resourceVersion": str(event.rv)}, include)
+                return _encode({"type": event.type, "object": row}) + b"\n"
+            return event.partial_line() if form is Form.PARTIAL else event.line()
 
         # Events already queued are written together (one chunk, one syscall) rather than one
         # by one; a client splitting on newlines cannot tell. Slow-write faults stay per event.
@@ -455,6 +462,7 @@ class Emulator:
             meta: Obj = {"resourceVersion": str(rv)}
             if end:
                 meta["annotations"] = {INITIAL_EVENTS_END: "true"}
+            metadata_only = form is Form.PARTIAL
             kind = "PartialObjectMetadata" if metadata_only else info.kind
             api = "meta.k8s.io/v1" if metadata_only else info.api_version
             return (

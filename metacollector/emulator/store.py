@@ -106,11 +106,7 @@ class Event:
     def partial_line(self) -> bytes:
         """The metadata-only (PartialObjectMetadata) watch line, also encoded once."""
         if self._partial_line is None:
-            obj = {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": self.obj["metadata"],
-            }
+            obj = partial(self.obj)
             self._partial_line = _encode({"type": self.type, "object": obj}) + b"\n"
         return self._partial_line
 
@@ -121,6 +117,14 @@ class Watcher:
     predicate: Callable[[Obj], bool] | None
     send: trio.MemorySendChannel[Event | None]  # None: expired (compaction, fell behind)
     expired: bool = False
+
+
+def partial(obj: Obj, list_item: bool = False) -> Obj:
+    """The object's PartialObjectMetadata (metadata only); a list item carries no kind."""
+    out: Obj = {"metadata": obj["metadata"]}
+    if not list_item:
+        out = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", **out}
+    return out
 
 
 def now_rfc3339() -> str:

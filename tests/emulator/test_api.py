@@ -450,14 +450,16 @@ async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
             stdout=-1,
             env=env,
         )  # type: ignore[list-item]
-        await trio.sleep(1)
+        assert watcher.stdout is not None
+        seen = b""
+        with trio.fail_after(10):  # the list is printed: the watch resumes from its version
+            while b"NAME" not in seen:
+                seen += await watcher.stdout.receive_some(4096)
         assert "pod/kc created" in await kubectl("create", "-f", str(manifest))
         assert "labeled" in await kubectl("label", "pod", "kc", "-n", "team-0", "color=blue")
         assert "color=blue" in await kubectl("get", "pod", "kc", "-n", "team-0", "--show-labels")
         assert "deleted" in await kubectl("delete", "pod", "kc", "-n", "team-0", "--wait=false")
-        seen = b""
         with trio.move_on_after(5):
-            assert watcher.stdout is not None
             while b"kc" not in seen:
                 seen += await watcher.stdout.receive_some(4096)
         watcher.kill()

@@ -8,9 +8,11 @@ match the URL, required names); what it answers is a Status built by ``status``:
 
 from __future__ import annotations
 
+import msgspec
+
 from metacollector.emulator import status
 from metacollector.emulator.patch import merge_patch, strategic_merge_patch
-from metacollector.emulator.routing import Route, json_body
+from metacollector.emulator.routing import Form, Route, json_body
 from metacollector.emulator.status import HTTPError
 from metacollector.emulator.store import (
     RESOURCES,
@@ -20,8 +22,11 @@ from metacollector.emulator.store import (
     Obj,
     Store,
     Stored,
+    partial,
 )
+from metacollector.emulator.tables import encode_table
 
+_encode = msgspec.json.Encoder().encode
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
@@ -31,6 +36,15 @@ def get(store: Store, route: Route) -> Stored:
         return store.get(route.plural, route.namespace, route.name)
     except NotFound:
         raise status.not_found(route.info, route.name) from None
+
+
+def get_as(store: Store, route: Route, form: Form, include_object: str) -> bytes:
+    """One object in the form asked for (whole, metadata only, or a one-row Table)."""
+    stored = get(store, route)
+    if form is Form.TABLE:
+        meta = {"resourceVersion": str(stored.rv)}
+        return encode_table(route.plural, [stored.obj], meta, include_object)
+    return _encode(partial(stored.obj)) if form is Form.PARTIAL else stored.data
 
 
 def create(store: Store, route: Route, body: bytes) -> bytes:

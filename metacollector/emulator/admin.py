@@ -85,7 +85,12 @@ def handle(emulator: Emulator, request: Request) -> Reply:
         return Reply(200, _encode(asdict(faults)))
     if path == "/admin/churn":
         args = json_body(request.body)
-        emulator.start_churn(float(args["rate"]), args.get("duration"), int(args.get("seed", 7)))
+        emulator.start_churn(
+            float(args["rate"]),
+            args.get("duration"),
+            int(args.get("seed", 7)),
+            stamp_label=args.get("stamp_label"),
+        )
         return _OK
     if path == "/admin/compact":
         emulator.store.compact()

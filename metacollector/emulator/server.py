@@ -68,13 +68,16 @@ class Emulator:
         rate: float,
         duration: float | None = None,
         seed: int = 7,
+        stamp_label: str | None = None,
     ) -> None:
         """Start the in-process churn (``run_store_churn``) beside the server; its counts are
         reported under ``churn`` in ``/admin/stats``."""
         assert self._nursery is not None, "serve() is not running"
         stats = self.churn = ChurnStats()
         self._nursery.start_soon(
-            lambda: run_store_churn(self.store, rate, duration=duration, seed=seed, stats=stats)
+            lambda: run_store_churn(
+                self.store, rate, duration=duration, seed=seed, stats=stats, stamp_label=stamp_label
+            )
         )
 
     def restart(self) -> None:

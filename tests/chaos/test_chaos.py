@@ -129,7 +129,7 @@ async def test_cloudevents_sink_down(chaos: Chaos, nursery: trio.Nursery) -> Non
 
 async def test_sigterm_during_churn() -> None:
     """As a real process: SIGTERM while the cluster churns -> exit 0, UNAVAILABLE to all."""
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
     from tests.e2e.test_process import Collector
 
     async with running_emulator(nodes=4, pods_per_node=10) as emu, trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 

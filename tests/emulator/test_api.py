@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from tests.emulator.conftest import Api, emulator_only
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"

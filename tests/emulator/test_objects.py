@@ -13,7 +13,7 @@ import pytest
 import trio
 import yaml
 
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from tests.emulator.conftest import Api, emulator_only
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"

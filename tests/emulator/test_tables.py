@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from metacollector.emulator.tables import human_duration
 from tests.emulator.conftest import Api
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 
 # The reflector tests inject faults through the emulator's admin endpoint; against a real cluster
 # (METACOLLECTOR_TEST_KUBECONFIG, used by the emulator suite) there is nothing to inject with.

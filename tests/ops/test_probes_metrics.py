@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from metacollector.app import Running, _startup_error, serve
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.http import StartupError
 from metacollector.kube.config import load_kubeconfig
 from metacollector.settings import BindAddress, Settings

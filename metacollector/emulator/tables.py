@@ -305,6 +305,13 @@ WORKLOAD_WIDE = (
     Column("Images", _template_containers("image"), priority=1),
     Column("Selector", lambda o: _label_selector(_get(o, "spec", "selector")), priority=1),
 )
+REPLICAS = (  # ReplicaSets and ReplicationControllers
+    NAME,
+    Column("Desired", _int("spec", "replicas"), type="integer"),
+    Column("Current", _int("status", "replicas"), type="integer"),
+    Column("Ready", _int("status", "readyReplicas"), type="integer"),
+    AGE,
+)
 BINDING = (
     NAME,
     Column("Role", _role_ref),
@@ -376,20 +383,10 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         AGE,
         *WORKLOAD_WIDE,
     ),
-    "replicasets": (
-        NAME,
-        Column("Desired", _int("spec", "replicas"), type="integer"),
-        Column("Current", _int("status", "replicas"), type="integer"),
-        Column("Ready", _int("status", "readyReplicas"), type="integer"),
-        AGE,
-        *WORKLOAD_WIDE,
-    ),
+    "replicasets": (*REPLICAS, *WORKLOAD_WIDE),
+    # a ReplicationController's selector is a plain map
     "replicationcontrollers": (
-        NAME,
-        Column("Desired", _int("spec", "replicas"), type="integer"),
-        Column("Current", _int("status", "replicas"), type="integer"),
-        Column("Ready", _int("status", "readyReplicas"), type="integer"),
-        AGE,
+        *REPLICAS,
         *WORKLOAD_WIDE[:2],
         Column("Selector", lambda o: _pairs(_get(o, "spec", "selector")), priority=1),
     ),

@@ -105,11 +105,11 @@ class Watch:
     ) -> None:
         self.store, self.route, self.form = store, route, form
         self.include = query.get("includeObject", "")
+        predicate = request_filter(route, query)
         self.params = WatchParams.parse(query, store, streaming_lists)
         self.bookmark_interval = bookmark_interval
         self.faults, self.stats = faults, stats
         self.targeted = targeted  # whether the faults apply to this client
-        predicate = request_filter(route, query)
         try:
             self.watcher, self.live, self.backlog = store.watch(
                 route.plural, self.params.since, predicate

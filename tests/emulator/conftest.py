@@ -4,6 +4,7 @@ METACOLLECTOR_TEST_KUBECONFIG (then emulator-only features are skipped with a re
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,12 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 
 REAL = os.environ.get("METACOLLECTOR_TEST_KUBECONFIG")
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
 emulator_only = pytest.mark.skipif(
     bool(REAL), reason="fault injection and /admin exist only in the emulator"
 )
@@ -66,3 +70,21 @@ async def api() -> AsyncIterator[Api]:
         emu.client() as client,
     ):
         yield Api(client, emu)
+
+
+def kubectl_env(emu: EmulatorHandle) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
+
+
+async def kubectl(emu: EmulatorHandle, *args: str) -> str:
+    """The stdout of the kubectl on PATH run against ``emu`` (the test fails if it fails)."""
+    assert KUBECTL is not None
+    proc = await trio.run_process(
+        [KUBECTL, *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        env=kubectl_env(emu),
+        check=False,
+    )  # type: ignore[list-item]
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()  # type: ignore[no-any-return]

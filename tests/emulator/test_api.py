@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 import trio
 
 from metacollector.emulator.inprocess import running_emulator
-from tests.emulator.conftest import Api, emulator_only
+from tests.emulator.conftest import KUBECTL, Api, emulator_only, kubectl, kubectl_env, needs_kubectl
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 MERGE = {"Content-Type": "application/merge-patch+json"}
@@ -422,25 +420,13 @@ async def test_faults_and_stats(api: Api) -> None:
     )
 
 
-KUBECTL = shutil.which("kubectl")
-
-
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+@needs_kubectl
 @emulator_only
 async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
     async with running_emulator(
         nodes=2, pods_per_node=2, tls=True
     ) as emu:  # kubectl sends tokens over TLS only
-        env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
-
-        async def kubectl(*args: str) -> str:
-            proc = await trio.run_process(
-                [KUBECTL, *args], capture_stdout=True, capture_stderr=True, env=env, check=False
-            )  # type: ignore[list-item]
-            assert proc.returncode == 0, proc.stderr.decode()
-            return proc.stdout.decode()
-
-        assert "node-agent" in await kubectl("get", "pods", "-A", "-o", "wide")
+        assert "node-agent" in await kubectl(emu, "get", "pods", "-A", "-o", "wide")
         manifest = tmp_path / "pod.yaml"
         manifest.write_text(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kc\n  namespace: team-0\nspec:\n  nodeName: node-1\n  containers:\n  - name: c\n    image: nginx\n"
@@ -448,17 +434,21 @@ async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
         watcher = await trio.lowlevel.open_process(
             [KUBECTL, "get", "pods", "-n", "team-0", "-w", "--request-timeout=0"],
             stdout=-1,
-            env=env,
+            env=kubectl_env(emu),
         )  # type: ignore[list-item]
         assert watcher.stdout is not None
         seen = b""
         with trio.fail_after(10):  # the list is printed: the watch resumes from its version
             while b"NAME" not in seen:
                 seen += await watcher.stdout.receive_some(4096)
-        assert "pod/kc created" in await kubectl("create", "-f", str(manifest))
-        assert "labeled" in await kubectl("label", "pod", "kc", "-n", "team-0", "color=blue")
-        assert "color=blue" in await kubectl("get", "pod", "kc", "-n", "team-0", "--show-labels")
-        assert "deleted" in await kubectl("delete", "pod", "kc", "-n", "team-0", "--wait=false")
+        assert "pod/kc created" in await kubectl(emu, "create", "-f", str(manifest))
+        assert "labeled" in await kubectl(emu, "label", "pod", "kc", "-n", "team-0", "color=blue")
+        assert "color=blue" in await kubectl(
+            emu, "get", "pod", "kc", "-n", "team-0", "--show-labels"
+        )
+        assert "deleted" in await kubectl(
+            emu, "delete", "pod", "kc", "-n", "team-0", "--wait=false"
+        )
         with trio.move_on_after(5):
             while b"kc" not in seen:
                 seen += await watcher.stdout.receive_some(4096)

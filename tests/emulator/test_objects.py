@@ -4,17 +4,14 @@ ServiceAccounts of k8s/, with the real server's status codes and Status bodies; 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 import yaml
 
 from metacollector.emulator.inprocess import running_emulator
-from tests.emulator.conftest import Api, emulator_only
+from tests.emulator.conftest import Api, emulator_only, kubectl, needs_kubectl
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 K8S = Path(__file__).resolve().parents[2] / "k8s"
@@ -231,27 +228,14 @@ async def test_strategic_merge_patch_merges_lists_by_key(api: Api) -> None:
     ]
 
 
-KUBECTL = shutil.which("kubectl")
-
-
 @pytest.mark.kubectl
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+@needs_kubectl
 @emulator_only
 async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
     """``kubectl apply -f k8s/`` creates every object, a second apply changes nothing, and an
     apply of an edited copy changes only what was edited."""
-    assert KUBECTL is not None
     async with running_emulator(nodes=1, pods_per_node=1, tls=True) as emu, emu.client() as client:
-        env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
-
-        async def kubectl(*args: str) -> str:
-            proc = await trio.run_process(
-                [KUBECTL, *args], capture_stdout=True, capture_stderr=True, env=env, check=False
-            )  # type: ignore[list-item]
-            assert proc.returncode == 0, proc.stderr.decode()
-            return proc.stdout.decode()
-
-        out = await kubectl("apply", "-f", str(K8S))
+        out = await kubectl(emu, "apply", "-f", str(K8S))
         kinds = {
             "namespace",
             "serviceaccount",
@@ -262,7 +246,7 @@ async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
         }
         assert {line.split("/")[0] for line in out.splitlines()} >= kinds
         assert all(line.endswith(" created") for line in out.splitlines()), out
-        again = await kubectl("apply", "-f", str(K8S))
+        again = await kubectl(emu, "apply", "-f", str(K8S))
         assert all(line.endswith(" unchanged") for line in again.splitlines()), again
 
         role = (
@@ -287,7 +271,7 @@ async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
         before = (
             await client.get("/apis/apps/v1/namespaces/metacollector/deployments/metacollector")
         ).json()
-        out = await kubectl("apply", "-f", str(edited))
+        out = await kubectl(emu, "apply", "-f", str(edited))
         assert "deployment.apps/metacollector configured" in out, out
         after = (
             await client.get("/apis/apps/v1/namespaces/metacollector/deployments/metacollector")

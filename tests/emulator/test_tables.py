@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any
 
 import pytest
@@ -12,10 +10,9 @@ import trio
 
 from metacollector.emulator.inprocess import running_emulator
 from metacollector.emulator.tables import human_duration
-from tests.emulator.conftest import Api
+from tests.emulator.conftest import Api, kubectl, needs_kubectl
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
-KUBECTL = shutil.which("kubectl")
 
 
 def columns(table: dict[str, Any], wide: bool = False) -> list[str]:
@@ -157,20 +154,11 @@ def test_human_duration_matches_kubectl() -> None:
 
 
 @pytest.mark.kubectl
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+@needs_kubectl
 async def test_kubectl_get_pods_wide_shows_node_and_ip() -> None:
-    assert KUBECTL is not None
     async with running_emulator(nodes=2, pods_per_node=2, tls=True) as emu, emu.client() as client:
         pods = (await client.get("/api/v1/pods")).json()["items"]
-        proc = await trio.run_process(
-            [KUBECTL, "get", "pods", "-A", "-o", "wide"],
-            capture_stdout=True,
-            capture_stderr=True,
-            env={**os.environ, "KUBECONFIG": str(emu.kubeconfig)},
-            check=False,
-        )  # type: ignore[list-item]
-        assert proc.returncode == 0, proc.stderr.decode()
-        header, *lines = proc.stdout.decode().splitlines()
+        header, *lines = (await kubectl(emu, "get", "pods", "-A", "-o", "wide")).splitlines()
         assert header.split() == [
             "NAMESPACE",
             "NAME",

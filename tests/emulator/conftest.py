@@ -3,6 +3,7 @@ METACOLLECTOR_TEST_KUBECONFIG (then emulator-only features are skipped with a re
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -21,6 +22,7 @@ from metacollector.kube.config import load_kubeconfig
 REAL = os.environ.get("METACOLLECTOR_TEST_KUBECONFIG")
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+MERGE = {"Content-Type": "application/merge-patch+json"}
 emulator_only = pytest.mark.skipif(
     bool(REAL), reason="fault injection and /admin exist only in the emulator"
 )
@@ -88,3 +90,28 @@ async def kubectl(emu: EmulatorHandle, *args: str) -> str:
     )  # type: ignore[list-item]
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()  # type: ignore[no-any-return]
+
+
+async def watch_lines(
+    client: httpx.AsyncClient,
+    path: str,
+    params: dict[str, str],
+    n: int,
+    timeout: float = 5,
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with trio.move_on_after(timeout):
+        async with client.stream(
+            "GET", path, params={"watch": "1", **params}, headers=headers or {}
+        ) as r:
+            assert r.status_code == 200, await r.aread()
+            buf = b""
+            async for chunk in r.aiter_bytes():
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    out.append(json.loads(line))
+                    if len(out) >= n:
+                        return out
+    return out

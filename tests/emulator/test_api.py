@@ -4,43 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from metacollector.emulator.inprocess import running_emulator
-from tests.emulator.conftest import KUBECTL, Api, emulator_only, kubectl, kubectl_env, needs_kubectl
+from tests.emulator.conftest import (
+    KUBECTL,
+    MERGE,
+    Api,
+    emulator_only,
+    kubectl,
+    kubectl_env,
+    needs_kubectl,
+    watch_lines,
+)
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-MERGE = {"Content-Type": "application/merge-patch+json"}
 SMP = {"Content-Type": "application/strategic-merge-patch+json"}
-
-
-async def watch_lines(
-    client: httpx.AsyncClient,
-    path: str,
-    params: dict[str, str],
-    n: int,
-    timeout: float = 5,
-    headers: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    with trio.move_on_after(timeout):
-        async with client.stream(
-            "GET", path, params={"watch": "1", **params}, headers=headers or {}
-        ) as r:
-            assert r.status_code == 200, await r.aread()
-            buf = b""
-            async for chunk in r.aiter_bytes():
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    out.append(json.loads(line))
-                    if len(out) >= n:
-                        return out
-    return out
 
 
 @emulator_only
@@ -319,12 +301,16 @@ async def test_watch_expiry_both_forms(api: Api) -> None:
     assert r.status_code == 410 and r.json()["reason"] == "Expired"
     current = (await api.client.get("/api/v1/pods")).json()["metadata"]["resourceVersion"]
 
-    async def compact_soon() -> None:
-        await trio.sleep(0.3)
-        await api.emulator.admin("/admin/compact")  # type: ignore[union-attr]
+    async def compact_once_watched() -> None:
+        assert api.emulator is not None
+        watchers = api.emulator.emulator.store.watchers["pods"]
+        with trio.fail_after(5):
+            while not watchers:  # the watch is open: compaction ends it in-band
+                await trio.sleep(0.01)
+        await api.emulator.admin("/admin/compact")
 
     async with trio.open_nursery() as n:
-        n.start_soon(compact_soon)
+        n.start_soon(compact_once_watched)
         events = await watch_lines(api.client, "/api/v1/pods", {"resourceVersion": current}, 1)
     assert events[-1]["type"] == "ERROR" and events[-1]["object"]["code"] == 410
     assert events[-1]["object"]["kind"] == "Status" and events[-1]["object"]["reason"] == "Expired"

@@ -9,8 +9,7 @@ from typing import Any
 import trio
 
 from metacollector.emulator.churn import BENCH_STAMP, ChurnStats, run_churn
-from tests.emulator.conftest import Api, emulator_only
-from tests.emulator.test_api import MERGE, watch_lines
+from tests.emulator.conftest import MERGE, Api, emulator_only, watch_lines
 
 PARTIAL = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 

@@ -52,8 +52,8 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("deployments", "Deployment", "apps", "v1", True, ("deploy",)),
         ResourceInfo("replicasets", "ReplicaSet", "apps", "v1", True, ("rs",)),
         ResourceInfo("daemonsets", "DaemonSet", "apps", "v1", True, ("ds",)),
-        # stored and served, not watched by the collector: the kinds of k8s/ and the chart,
-        # and the Leases of leader election
+        # stored and served, not watched by the collector: the kinds of k8s/ and the chart
+        # (also k8s/ha, k8s/networkpolicy), and the Leases of leader election
         ResourceInfo("serviceaccounts", "ServiceAccount", "", "v1", True, ("sa",)),
         ResourceInfo("configmaps", "ConfigMap", "", "v1", True, ("cm",)),
         ResourceInfo("clusterroles", "ClusterRole", RBAC, "v1", False),
@@ -62,6 +62,9 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("rolebindings", "RoleBinding", RBAC, "v1", True),
         ResourceInfo("leases", "Lease", "coordination.k8s.io", "v1", True),
         ResourceInfo("poddisruptionbudgets", "PodDisruptionBudget", "policy", "v1", True, ("pdb",)),
+        ResourceInfo(
+            "networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", True, ("netpol",)
+        ),
     )
 }
 GROUP_VERSIONS: dict[str, str] = {info.group: info.version for info in RESOURCES.values()}

@@ -438,6 +438,11 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
     "clusterrolebindings": BINDING,
     "rolebindings": BINDING,
     "leases": (NAME, Column("Holder", lambda o: str(_get(o, "spec", "holderIdentity") or "")), AGE),
+    "networkpolicies": (
+        NAME,
+        Column("Pod-Selector", lambda o: _label_selector(_get(o, "spec", "podSelector"))),
+        AGE,
+    ),
     "poddisruptionbudgets": (
         NAME,
         Column("Min Available", _text("spec", "minAvailable")),

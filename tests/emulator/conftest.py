@@ -60,6 +60,25 @@ class Api:
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
 
+    async def deployment(
+        self, ns: str, name: str, containers: list[dict[str, Any]], **meta: Any
+    ) -> httpx.Response:
+        """POST a one-replica Deployment selecting a=b; the response, for the test to check."""
+        return await self.client.post(
+            f"/apis/apps/v1/namespaces/{ns}/deployments",
+            json={
+                "metadata": {"name": name, **meta},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"a": "b"}},
+                    "template": {
+                        "metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": containers},
+                    },
+                },
+            },
+        )
+
 
 @pytest.fixture
 async def api() -> AsyncIterator[Api]:

@@ -116,28 +116,15 @@ async def test_crud_server_fields_and_errors(api: Api) -> None:
     assert (
         await api.client.patch(
             f"/api/v1/namespaces/{ns}/pods/p1",
-            json=[],
-            headers={"Content-Type": "application/json-patch+json"},
+            content=b"labels: x",
+            headers={"Content-Type": "text/plain"},
         )
     ).status_code == 415
     invalid = await api.client.post(f"/api/v1/namespaces/{ns}/pods", json={"metadata": {}})
     assert invalid.status_code == 422 and invalid.json()["reason"] == "Invalid"
     assert (await api.client.delete(f"/api/v1/namespaces/{ns}/pods/p1")).status_code == 200
     assert (await api.client.get(f"/api/v1/namespaces/{ns}/pods/p1")).status_code == 404
-    r = await api.client.post(
-        f"/apis/apps/v1/namespaces/{ns}/deployments",
-        json={
-            "metadata": {"name": "d"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"a": "b"}},
-                "template": {
-                    "metadata": {"labels": {"a": "b"}},
-                    "spec": {"containers": [{"name": "c", "image": "x"}]},
-                },
-            },
-        },
-    )
+    r = await api.deployment(ns, "d", [{"name": "c", "image": "x"}])
     assert r.status_code == 201 and r.json()["metadata"]["generation"] == 1
     r = await api.client.patch(
         f"/apis/apps/v1/namespaces/{ns}/deployments/d",

@@ -50,10 +50,10 @@ from _common import (
     stop,
 )
 
-from metacollector.emulator.churn import ChurnClient, run_churn
+from metacollector.emulator.churn import BENCH_STAMP, ChurnClient, run_churn
 from metacollector.testing import free_port
 
-STAMP = b'"bench-stamp":"'
+STAMP = f'"{BENCH_STAMP}":"'.encode()
 WINDOW_S = 5.0
 
 
@@ -195,7 +195,12 @@ def churn_role(args: argparse.Namespace) -> None:
 
     async def churn(client: ChurnClient) -> dict[str, Any]:
         stats = await run_churn(
-            client, args.rate, duration=args.duration, concurrency=args.concurrency, seed=args.seed
+            client,
+            args.rate,
+            duration=args.duration,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            stamp_label=BENCH_STAMP,
         )
         return {"done": stats.done, "failed": stats.failed}
 
@@ -380,7 +385,7 @@ def store_churn(
     rv0, watcher = start_mode(url, token, client, cpu)
     cpu.pids.pop("churn", None)
     # another seed than the REST driver's, or both would make the same pod names
-    body = {"rate": args.rate, "duration": args.duration, "seed": 8}
+    body = {"rate": args.rate, "duration": args.duration, "seed": 8, "stamp_label": BENCH_STAMP}
     r = client.post("/admin/churn", json=body)
     r.raise_for_status()
     time.sleep(args.duration + 2)

@@ -17,7 +17,7 @@ import trio
 
 from metacollector.app import serve
 from metacollector.emulator.churn import run_churn
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.kube.config import load_kubeconfig
 from metacollector.log import configure_logging

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from metacollector.emulator.churn import run_churn
-from metacollector.emulator.harness import (
+from metacollector.emulator.inprocess import (
     EmulatorHandle,
     kubeconfig_text,
     load_cluster,

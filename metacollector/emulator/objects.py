@@ -8,9 +8,16 @@ match the URL, required names); what it answers is a Status built by ``status``:
 
 from __future__ import annotations
 
+import msgspec
+
 from metacollector.emulator import status
-from metacollector.emulator.patch import merge_patch, strategic_merge_patch
-from metacollector.emulator.routing import Route, json_body
+from metacollector.emulator.patch import (
+    JSONPatchError,
+    json_patch,
+    merge_patch,
+    strategic_merge_patch,
+)
+from metacollector.emulator.routing import Form, Route, json_body
 from metacollector.emulator.status import HTTPError
 from metacollector.emulator.store import (
     RESOURCES,
@@ -20,10 +27,15 @@ from metacollector.emulator.store import (
     Obj,
     Store,
     Stored,
+    partial,
 )
+from metacollector.emulator.tables import encode_table
 
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def get(store: Store, route: Route) -> Stored:
@@ -31,6 +43,15 @@ def get(store: Store, route: Route) -> Stored:
         return store.get(route.plural, route.namespace, route.name)
     except NotFound:
         raise status.not_found(route.info, route.name) from None
+
+
+def get_as(store: Store, route: Route, form: Form, include_object: str) -> bytes:
+    """One object in the form asked for (whole, metadata only, or a one-row Table)."""
+    stored = get(store, route)
+    if form is Form.TABLE:
+        meta = {"resourceVersion": str(stored.rv)}
+        return encode_table(route.plural, [stored.obj], meta, include_object)
+    return _encode(partial(stored.obj)) if form is Form.PARTIAL else stored.data
 
 
 def create(store: Store, route: Route, body: bytes) -> bytes:
@@ -71,19 +92,34 @@ def replace(store: Store, route: Route, body: bytes) -> bytes:
 
 
 def patch(store: Store, route: Route, content_type: str, body: bytes) -> bytes:
-    if content_type not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH):
+    if content_type not in (MERGE_PATCH, STRATEGIC_MERGE_PATCH, JSON_PATCH):
         raise HTTPError(
             415,
             "UnsupportedMediaType",
-            f"the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type})",
+            f"the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type})",
         )
     current = get(store, route)
-    # the patch functions copy only what the patch touches and the stored object is never
-    # mutated, so the patched object can share its other subtrees with it
-    apply = strategic_merge_patch if content_type == STRATEGIC_MERGE_PATCH else merge_patch
-    patched = apply(current.obj, json_body(body))
+    if content_type == JSON_PATCH:
+        try:
+            patched = json_patch(current.obj, _decode_json(body))
+        except JSONPatchError as exc:
+            raise HTTPError(422, "Invalid", f"the JSON patch cannot be applied: {exc}") from None
+        if not isinstance(patched, dict) or not isinstance(patched.get("metadata"), dict):
+            raise HTTPError(422, "Invalid", "the JSON patch does not leave an object")
+    else:
+        # the merge functions copy only what the patch touches and the stored object is never
+        # mutated, so the patched object can share its other subtrees with it
+        apply = strategic_merge_patch if content_type == STRATEGIC_MERGE_PATCH else merge_patch
+        patched = apply(current.obj, json_body(body))
     patched["metadata"] = {**patched["metadata"], "resourceVersion": ""}
     return _update(store, route, patched)
+
+
+def _decode_json(body: bytes) -> object:
+    try:
+        return _decode(body)
+    except ValueError:  # msgspec.DecodeError is a ValueError
+        raise HTTPError(400, "BadRequest", "request body is not valid JSON") from None
 
 
 def delete(store: Store, route: Route) -> bytes:

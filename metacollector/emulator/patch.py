@@ -1,4 +1,5 @@
-"""JSON merge patch (RFC 7386) and the common part of strategic merge patch.
+"""JSON merge patch (RFC 7386), the common part of strategic merge patch, and JSON patch
+(RFC 6902, ``kubectl patch --type=json``).
 
 Strategic merge patch is what ``kubectl apply``, ``label`` and ``edit`` send for built-in kinds.
 Implemented here: lists of objects merged by their merge key (containers by name, ports by port
@@ -119,3 +120,95 @@ def _reorder(items: list[Any], order: list[Any]) -> list[Any]:
         return len(order)
 
     return sorted(items, key=rank)
+
+
+class JSONPatchError(ValueError):
+    """A JSON patch operation that cannot be applied (bad op, missing path, failed test)."""
+
+
+def json_patch(target: Any, operations: Any) -> Any:
+    """``target`` with the RFC 6902 ``operations`` applied (on a deep copy: the stored object is
+    never mutated). Raises JSONPatchError."""
+    if not isinstance(operations, list):
+        raise JSONPatchError("a JSON patch is a list of operations")
+    doc = copy.deepcopy(target)
+    for op in operations:
+        if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+            raise JSONPatchError(f"invalid operation {op!r}")
+        kind, path = op.get("op"), op["path"]
+        if kind == "test":
+            if _get_pointer(doc, path) != op.get("value"):
+                raise JSONPatchError(f"test failed at {path}")
+        elif kind == "remove":
+            _remove(doc, path)
+        elif kind in ("add", "replace"):
+            if kind == "replace":
+                _remove(doc, path)
+            doc = _add(doc, path, copy.deepcopy(op.get("value")))
+        elif kind in ("move", "copy"):
+            source = op.get("from")
+            if not isinstance(source, str):
+                raise JSONPatchError(f"{kind} needs a from pointer")
+            value = copy.deepcopy(_get_pointer(doc, source))
+            if kind == "move":
+                _remove(doc, source)
+            doc = _add(doc, path, value)
+        else:
+            raise JSONPatchError(f"unknown operation {kind!r}")
+    return doc
+
+
+def _tokens(pointer: str) -> list[str]:
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise JSONPatchError(f"invalid pointer {pointer!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer[1:].split("/")]
+
+
+def _step(node: Any, token: str, pointer: str) -> Any:
+    if isinstance(node, dict) and token in node:
+        return node[token]
+    if isinstance(node, list) and token.isdigit() and int(token) < len(node):
+        return node[int(token)]
+    raise JSONPatchError(f"no such path {pointer}")
+
+
+def _get_pointer(doc: Any, pointer: str) -> Any:
+    for token in _tokens(pointer):
+        doc = _step(doc, token, pointer)
+    return doc
+
+
+def _parent(doc: Any, pointer: str) -> tuple[Any, str]:
+    tokens = _tokens(pointer)
+    if not tokens:
+        raise JSONPatchError("the whole document cannot be removed")
+    node = doc
+    for token in tokens[:-1]:
+        node = _step(node, token, pointer)
+    return node, tokens[-1]
+
+
+def _add(doc: Any, pointer: str, value: Any) -> Any:
+    if pointer == "":
+        return value
+    parent, last = _parent(doc, pointer)
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list) and last == "-":
+        parent.append(value)
+    elif isinstance(parent, list) and last.isdigit() and int(last) <= len(parent):
+        parent.insert(int(last), value)
+    else:
+        raise JSONPatchError(f"no such path {pointer}")
+    return doc
+
+
+def _remove(doc: Any, pointer: str) -> None:
+    parent, last = _parent(doc, pointer)
+    _step(parent, last, pointer)  # it must exist
+    if isinstance(parent, dict):
+        del parent[last]
+    else:
+        del parent[int(last)]

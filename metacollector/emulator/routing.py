@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import msgspec
@@ -22,6 +23,24 @@ class Route:
     @property
     def info(self) -> ResourceInfo:
         return RESOURCES[self.plural]
+
+
+class Form(enum.Enum):
+    """How objects are returned, by the request's Accept header."""
+
+    FULL = "full"
+    PARTIAL = "PartialObjectMetadata"  # metadata only (as=PartialObjectMetadata[List])
+    TABLE = "Table"  # server-side printing (as=Table), what kubectl get asks for
+
+    @classmethod
+    def of(cls, accept: str) -> Form:
+        # kubectl lists Table first and plain JSON as fallback: the first form named wins
+        for media in accept.split(","):
+            if "as=Table" in media and "g=meta.k8s.io" in media:
+                return cls.TABLE
+            if "as=PartialObjectMetadata" in media:
+                return cls.PARTIAL
+        return cls.FULL
 
 
 def parse_path(path: str) -> Route | None:

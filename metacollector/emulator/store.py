@@ -52,8 +52,8 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("deployments", "Deployment", "apps", "v1", True, ("deploy",)),
         ResourceInfo("replicasets", "ReplicaSet", "apps", "v1", True, ("rs",)),
         ResourceInfo("daemonsets", "DaemonSet", "apps", "v1", True, ("ds",)),
-        # stored and served, not watched by the collector: the kinds of k8s/ and the chart,
-        # and the Leases of leader election
+        # stored and served, not watched by the collector: the kinds of k8s/ and the chart
+        # (also k8s/ha, k8s/networkpolicy), and the Leases of leader election
         ResourceInfo("serviceaccounts", "ServiceAccount", "", "v1", True, ("sa",)),
         ResourceInfo("configmaps", "ConfigMap", "", "v1", True, ("cm",)),
         ResourceInfo("clusterroles", "ClusterRole", RBAC, "v1", False),
@@ -62,6 +62,9 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("rolebindings", "RoleBinding", RBAC, "v1", True),
         ResourceInfo("leases", "Lease", "coordination.k8s.io", "v1", True),
         ResourceInfo("poddisruptionbudgets", "PodDisruptionBudget", "policy", "v1", True, ("pdb",)),
+        ResourceInfo(
+            "networkpolicies", "NetworkPolicy", "networking.k8s.io", "v1", True, ("netpol",)
+        ),
     )
 }
 GROUP_VERSIONS: dict[str, str] = {info.group: info.version for info in RESOURCES.values()}
@@ -106,11 +109,7 @@ class Event:
     def partial_line(self) -> bytes:
         """The metadata-only (PartialObjectMetadata) watch line, also encoded once."""
         if self._partial_line is None:
-            obj = {
-                "kind": "PartialObjectMetadata",
-                "apiVersion": "meta.k8s.io/v1",
-                "metadata": self.obj["metadata"],
-            }
+            obj = partial(self.obj)
             self._partial_line = _encode({"type": self.type, "object": obj}) + b"\n"
         return self._partial_line
 
@@ -121,6 +120,14 @@ class Watcher:
     predicate: Callable[[Obj], bool] | None
     send: trio.MemorySendChannel[Event | None]  # None: expired (compaction, fell behind)
     expired: bool = False
+
+
+def partial(obj: Obj, list_item: bool = False) -> Obj:
+    """The object's PartialObjectMetadata (metadata only); a list item carries no kind."""
+    out: Obj = {"metadata": obj["metadata"]}
+    if not list_item:
+        out = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", **out}
+    return out
 
 
 def now_rfc3339() -> str:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from metacollector.emulator.churn import run_churn
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.grpc.status import Status
 from tests.support.chaos import Chaos, cluster_changed

@@ -46,7 +46,7 @@ class Served:
             preface_timeout=0.5,
             max_streams_per_connection=64,
             max_header_list_size=8192,
-            max_message_size=64 * 1024,
+            max_request_message_size=64 * 1024,
             stall_timeout=2,
         )
         self.server = GrpcServer(

@@ -213,7 +213,7 @@ async def test_overrides_and_filters_applied(nursery: trio.Nursery) -> None:
 
 async def test_end_to_end_from_cluster_changes(nursery: trio.Nursery) -> None:
     from metacollector.app import serve
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
     from metacollector.kube.config import load_kubeconfig
     from metacollector.settings import BindAddress, Settings
     from tests.support.cluster import Cluster

@@ -271,7 +271,7 @@ def _owner(obj: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 async def lifecycle(tmp_path: Path) -> AsyncIterator[Lifecycle]:
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
 
     async with (
         running_emulator(nodes=len(GENERATED_NODES), pods_per_node=6, bookmark_interval=0.5) as emu,

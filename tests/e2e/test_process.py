@@ -39,7 +39,7 @@ def not_logs(stderr: str) -> list[str]:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[object]:
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
 
     async with running_emulator(nodes=4, pods_per_node=30, seed=3) as emu:
         yield emu

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from metacollector.emulator.harness import running_emulator
+from metacollector.emulator.inprocess import running_emulator
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 from tests.support.emulator_api import Api

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from metacollector.emulator.harness import running_emulator
-from tests.support.emulator_api import MERGE, SMP, Api, watch_lines
+from metacollector.emulator.inprocess import running_emulator
+from tests.support.emulator_api import (
+    KUBECTL,
+    MERGE,
+    Api,
+    kubectl,
+    kubectl_env,
+    needs_kubectl,
+    watch_lines,
+)
 from tests.support.env import needs_emulator as emulator_only
 
 PARTIAL_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+SMP = {"Content-Type": "application/strategic-merge-patch+json"}
 
 
 @emulator_only
@@ -109,28 +116,15 @@ async def test_crud_server_fields_and_errors(api: Api) -> None:
     assert (
         await api.client.patch(
             f"/api/v1/namespaces/{ns}/pods/p1",
-            json=[],
-            headers={"Content-Type": "application/json-patch+json"},
+            content=b"labels: x",
+            headers={"Content-Type": "text/plain"},
         )
     ).status_code == 415
     invalid = await api.client.post(f"/api/v1/namespaces/{ns}/pods", json={"metadata": {}})
     assert invalid.status_code == 422 and invalid.json()["reason"] == "Invalid"
     assert (await api.client.delete(f"/api/v1/namespaces/{ns}/pods/p1")).status_code == 200
     assert (await api.client.get(f"/api/v1/namespaces/{ns}/pods/p1")).status_code == 404
-    r = await api.client.post(
-        f"/apis/apps/v1/namespaces/{ns}/deployments",
-        json={
-            "metadata": {"name": "d"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"a": "b"}},
-                "template": {
-                    "metadata": {"labels": {"a": "b"}},
-                    "spec": {"containers": [{"name": "c", "image": "x"}]},
-                },
-            },
-        },
-    )
+    r = await api.deployment(ns, "d", [{"name": "c", "image": "x"}])
     assert r.status_code == 201 and r.json()["metadata"]["generation"] == 1
     r = await api.client.patch(
         f"/apis/apps/v1/namespaces/{ns}/deployments/d",
@@ -294,15 +288,16 @@ async def test_watch_expiry_both_forms(api: Api) -> None:
     assert r.status_code == 410 and r.json()["reason"] == "Expired"
     current = (await api.client.get("/api/v1/pods")).json()["metadata"]["resourceVersion"]
 
-    async def compact_soon() -> None:
-        store = api.emulator.emulator.store  # type: ignore[union-attr]
-        with trio.fail_after(10):  # once the watch below is open
-            while not store.watchers["pods"]:
+    async def compact_once_watched() -> None:
+        assert api.emulator is not None
+        watchers = api.emulator.emulator.store.watchers["pods"]
+        with trio.fail_after(5):
+            while not watchers:  # the watch is open: compaction ends it in-band
                 await trio.sleep(0.01)
-        await api.emulator.admin("/admin/compact")  # type: ignore[union-attr]
+        await api.emulator.admin("/admin/compact")
 
     async with trio.open_nursery() as n:
-        n.start_soon(compact_soon)
+        n.start_soon(compact_once_watched)
         events = await watch_lines(api.client, "/api/v1/pods", {"resourceVersion": current}, 1)
     assert events[-1]["type"] == "ERROR" and events[-1]["object"]["code"] == 410
     assert events[-1]["object"]["kind"] == "Status" and events[-1]["object"]["reason"] == "Expired"
@@ -398,25 +393,13 @@ async def test_faults_and_stats(api: Api) -> None:
     )
 
 
-KUBECTL = shutil.which("kubectl")
-
-
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+@needs_kubectl
 @emulator_only
 async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
     async with running_emulator(
         nodes=2, pods_per_node=2, tls=True
     ) as emu:  # kubectl sends tokens over TLS only
-        env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
-
-        async def kubectl(*args: str) -> str:
-            proc = await trio.run_process(
-                [KUBECTL, *args], capture_stdout=True, capture_stderr=True, env=env, check=False
-            )  # type: ignore[list-item]
-            assert proc.returncode == 0, proc.stderr.decode()
-            return proc.stdout.decode()
-
-        assert "node-agent" in await kubectl("get", "pods", "-A", "-o", "wide")
+        assert "node-agent" in await kubectl(emu, "get", "pods", "-A", "-o", "wide")
         manifest = tmp_path / "pod.yaml"
         manifest.write_text(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kc\n  namespace: team-0\nspec:\n  nodeName: node-1\n  containers:\n  - name: c\n    image: nginx\n"
@@ -424,18 +407,22 @@ async def test_kubectl_get_create_label_delete_watch(tmp_path: Path) -> None:
         watcher = await trio.lowlevel.open_process(
             [KUBECTL, "get", "pods", "-n", "team-0", "-w", "--request-timeout=0"],
             stdout=-1,
-            env=env,
+            env=kubectl_env(emu),
         )  # type: ignore[list-item]
-        with trio.fail_after(30):  # kubectl's watch is open
-            while not emu.emulator.store.watchers["pods"]:
-                await trio.sleep(0.05)
-        assert "pod/kc created" in await kubectl("create", "-f", str(manifest))
-        assert "labeled" in await kubectl("label", "pod", "kc", "-n", "team-0", "color=blue")
-        assert "color=blue" in await kubectl("get", "pod", "kc", "-n", "team-0", "--show-labels")
-        assert "deleted" in await kubectl("delete", "pod", "kc", "-n", "team-0", "--wait=false")
+        assert watcher.stdout is not None
         seen = b""
+        with trio.fail_after(10):  # the list is printed: the watch resumes from its version
+            while b"NAME" not in seen:
+                seen += await watcher.stdout.receive_some(4096)
+        assert "pod/kc created" in await kubectl(emu, "create", "-f", str(manifest))
+        assert "labeled" in await kubectl(emu, "label", "pod", "kc", "-n", "team-0", "color=blue")
+        assert "color=blue" in await kubectl(
+            emu, "get", "pod", "kc", "-n", "team-0", "--show-labels"
+        )
+        assert "deleted" in await kubectl(
+            emu, "delete", "pod", "kc", "-n", "team-0", "--wait=false"
+        )
         with trio.move_on_after(5):
-            assert watcher.stdout is not None
             while b"kc" not in seen:
                 seen += await watcher.stdout.receive_some(4096)
         watcher.kill()

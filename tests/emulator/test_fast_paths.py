@@ -1,15 +1,14 @@
 """The emulator's fast paths keep the API server's semantics: versions in history stay as they
 were committed (new versions share subtrees instead of deep copies), queued watch events written
-together arrive complete and in order, and both churn drivers make stamped changes."""
+together arrive complete and in order, and both churn drivers stamp changes only when asked to."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 
-from metacollector.emulator.churn import ChurnStats, run_churn, run_store_churn
+from metacollector.emulator.churn import BENCH_STAMP, ChurnStats, run_churn
 from tests.support.emulator_api import MERGE, Api, watch_lines
 from tests.support.env import needs_emulator as emulator_only
 
@@ -94,24 +93,68 @@ async def test_queued_events_arrive_complete_and_in_order(api: Api) -> None:
     assert [e["object"]["metadata"]["name"] for e in events] == [f"q{i}" for i in range(n)]
 
 
-@emulator_only
-async def test_store_churn_makes_stamped_changes(api: Api) -> None:
+async def _churn_events(api: Api, body: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` pod watch events of an in-process churn started with ``body``, once the
+    churn has finished."""
     assert api.emulator is not None
-    # the rate it keeps: the driver /admin/churn runs, awaited to its end
-    churn = ChurnStats()
-    await run_store_churn(api.emulator.emulator.store, 200, duration=0.5, stats=churn)
-    assert 50 <= sum(churn.done.values()) <= 110 and churn.failed == 0
-    # the endpoint starts it beside the server, and its changes reach watches
     rv = await _rv(api, "/api/v1/pods")
-    await api.emulator.admin("/admin/churn", {"rate": 200, "duration": 0.5})
-    events = await watch_lines(api.client, "/api/v1/pods", {"resourceVersion": rv}, 50)
-    stamped = [e for e in events if "bench-stamp" in e["object"]["metadata"].get("labels", {})]
-    assert len(events) == 50 and stamped
-    assert sum((await api.emulator.stats())["churn"]["done"].values()) > 0  # counted there
+    await api.emulator.admin("/admin/churn", body)
+    events = await watch_lines(api.client, "/api/v1/pods", {"resourceVersion": rv}, n)
+    assert len(events) == n
+    with trio.fail_after(5):
+        while not (await api.emulator.stats())["churn"]["finished"]:
+            await trio.sleep(0.05)
+    return events
 
 
-async def test_rest_churn_makes_stamped_changes(api: Api) -> None:
-    if api.emulator is None:
-        pytest.skip("it would churn the real cluster's pods")
-    stats = await run_churn(api.client, 100, duration=0.5, concurrency=4)
-    assert sum(stats.done.values()) >= 30 and stats.failed == 0
+def _labels(events: list[dict[str, Any]], key: str) -> list[str]:
+    return [
+        e["object"]["metadata"]["labels"][key]
+        for e in events
+        if key in e["object"]["metadata"].get("labels", {})
+    ]
+
+
+@emulator_only
+async def test_store_churn_stamps_only_when_asked(api: Api) -> None:
+    """The demo's churn relabels with a plain version label; a bench asks for the stamp."""
+    assert api.emulator is not None
+    plain = await _churn_events(api, {"rate": 200, "duration": 0.5, "seed": 9}, 50)
+    assert _labels(plain, "version") and not _labels(plain, BENCH_STAMP)
+    stamped = await _churn_events(
+        api, {"rate": 200, "duration": 0.5, "stamp_label": BENCH_STAMP}, 50
+    )
+    assert _labels(stamped, BENCH_STAMP)
+    churn = (await api.emulator.stats())["churn"]
+    assert 50 <= sum(churn["done"].values()) <= 110 and churn["failed"] == 0
+
+
+async def _rest_churn(api: Api, stamp_label: str | None, seed: int) -> list[dict[str, Any]]:
+    """Churn through REST in short rounds until it has relabelled and created pods, with no
+    failed change; the pods afterwards."""
+    stats = ChurnStats()
+    with trio.fail_after(20):
+        while not (stats.done.get("relabel") and stats.done.get("create")):
+            seed += 100  # each round its own pod names
+            await run_churn(
+                api.client,
+                100,
+                duration=0.3,
+                concurrency=4,
+                seed=seed,
+                stamp_label=stamp_label,
+                stats=stats,
+            )
+    assert stats.failed == 0
+    return (await api.client.get("/api/v1/pods")).json()["items"]  # type: ignore[no-any-return]
+
+
+@emulator_only
+async def test_rest_churn_stamps_only_when_asked(api: Api) -> None:
+    def labelled(pods: list[dict[str, Any]], key: str) -> int:
+        return sum(key in p["metadata"].get("labels", {}) for p in pods)
+
+    plain = await _rest_churn(api, None, seed=7)
+    assert labelled(plain, "version") and not labelled(plain, BENCH_STAMP)
+    stamped = await _rest_churn(api, BENCH_STAMP, seed=8)
+    assert labelled(stamped, BENCH_STAMP)

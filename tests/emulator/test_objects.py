@@ -4,22 +4,21 @@ ServiceAccounts of k8s/, with the real server's status codes and Status bodies; 
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 import yaml
 
-from metacollector.emulator.harness import running_emulator
-from tests.support.emulator_api import Api
+from metacollector.emulator.inprocess import running_emulator
+from tests.support.emulator_api import Api, kubectl, needs_kubectl
 from tests.support.env import needs_emulator as emulator_only
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 K8S = Path(__file__).resolve().parents[2] / "k8s"
 SMP = {"Content-Type": "application/strategic-merge-patch+json"}
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 
 def lease(name: str, holder: str, rv: str = "", renew: int = 0) -> dict[str, Any]:
@@ -118,7 +117,8 @@ async def test_leases_create_get_update_list_with_conflicts(api: Api) -> None:
 
 async def test_discovery_names_the_served_groups(api: Api) -> None:
     groups = {g["name"]: g for g in (await api.client.get("/apis")).json()["groups"]}
-    assert {"apps", "coordination.k8s.io", "rbac.authorization.k8s.io"} <= set(groups)
+    served = {"apps", "coordination.k8s.io", "rbac.authorization.k8s.io", "policy"}
+    assert served | {"networking.k8s.io"} <= set(groups)
     assert groups["coordination.k8s.io"]["preferredVersion"]["groupVersion"] == (
         "coordination.k8s.io/v1"
     )
@@ -175,24 +175,11 @@ async def test_strategic_merge_patch_merges_lists_by_key(api: Api) -> None:
     """kubectl apply/edit send strategic merge patches: a container named in the patch is merged
     with the stored one, not replaced by it."""
     ns = await api.create_ns()
-    r = await api.client.post(
-        f"/apis/apps/v1/namespaces/{ns}/deployments",
-        json={
-            "metadata": {"name": "d", "finalizers": ["a"]},
-            "spec": {
-                "selector": {"matchLabels": {"a": "b"}},
-                "template": {
-                    "metadata": {"labels": {"a": "b"}},
-                    "spec": {
-                        "containers": [
-                            {"name": "one", "image": "x", "ports": [{"containerPort": 80}]},
-                            {"name": "two", "image": "y"},
-                        ]
-                    },
-                },
-            },
-        },
-    )
+    containers = [
+        {"name": "one", "image": "x", "ports": [{"containerPort": 80}]},
+        {"name": "two", "image": "y"},
+    ]
+    r = await api.deployment(ns, "d", containers, finalizers=["a"])
     assert r.status_code == 201, r.text
     patch = {
         "metadata": {"finalizers": ["b"]},
@@ -232,27 +219,47 @@ async def test_strategic_merge_patch_merges_lists_by_key(api: Api) -> None:
     ]
 
 
-KUBECTL = shutil.which("kubectl")
+async def test_json_patch(api: Api) -> None:
+    """``kubectl patch --type=json`` (RFC 6902): the HA set-up's patch of the Deployment."""
+    ns = await api.create_ns()
+    r = await api.deployment(ns, "d", [{"name": "c", "image": "x", "args": ["run"]}])
+    assert r.status_code == 201, r.text
+    path = f"/apis/apps/v1/namespaces/{ns}/deployments/d"
+    spread = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname"}]
+    ops = [
+        {"op": "test", "path": "/spec/replicas", "value": 1},
+        {"op": "replace", "path": "/spec/replicas", "value": 2},
+        {"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": "--leader-elect"},
+        {"op": "add", "path": "/spec/template/spec/topologySpreadConstraints", "value": spread},
+        {"op": "copy", "from": "/metadata/name", "path": "/metadata/labels"},
+        {"op": "remove", "path": "/metadata/labels"},
+    ]
+    r = await api.client.patch(path, content=json.dumps(ops), headers=JSON_PATCH)
+    assert r.status_code == 200, r.text
+    spec = r.json()["spec"]
+    assert spec["replicas"] == 2 and "labels" not in r.json()["metadata"]
+    assert spec["template"]["spec"]["containers"][0]["args"] == ["run", "--leader-elect"]
+    assert spec["template"]["spec"]["topologySpreadConstraints"] == spread
+    rv = r.json()["metadata"]["resourceVersion"]
+    for bad in (
+        [{"op": "test", "path": "/spec/replicas", "value": 1}],  # it is 2 now
+        [{"op": "remove", "path": "/spec/nothing"}],
+        [{"op": "replace", "path": "/spec/replicas"}, {"op": "jump", "path": "/spec"}],
+    ):
+        r = await api.client.patch(path, content=json.dumps(bad), headers=JSON_PATCH)
+        assert r.status_code == 422 and r.json()["reason"] == "Invalid", r.text
+    got = (await api.client.get(path)).json()
+    assert got["metadata"]["resourceVersion"] == rv and got["spec"]["replicas"] == 2
 
 
 @pytest.mark.kubectl
-@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+@needs_kubectl
 @emulator_only
 async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
     """``kubectl apply -f k8s/`` creates every object, a second apply changes nothing, and an
     apply of an edited copy changes only what was edited."""
-    assert KUBECTL is not None
     async with running_emulator(nodes=1, pods_per_node=1, tls=True) as emu, emu.client() as client:
-        env = {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
-
-        async def kubectl(*args: str) -> str:
-            proc = await trio.run_process(
-                [KUBECTL, *args], capture_stdout=True, capture_stderr=True, env=env, check=False
-            )  # type: ignore[list-item]
-            assert proc.returncode == 0, proc.stderr.decode()
-            return proc.stdout.decode()
-
-        out = await kubectl("apply", "-f", str(K8S))
+        out = await kubectl(emu, "apply", "-f", str(K8S))
         kinds = {
             "namespace",
             "serviceaccount",
@@ -263,7 +270,7 @@ async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
         }
         assert {line.split("/")[0] for line in out.splitlines()} >= kinds
         assert all(line.endswith(" created") for line in out.splitlines()), out
-        again = await kubectl("apply", "-f", str(K8S))
+        again = await kubectl(emu, "apply", "-f", str(K8S))
         assert all(line.endswith(" unchanged") for line in again.splitlines()), again
 
         role = (
@@ -288,13 +295,27 @@ async def test_kubectl_apply_k8s(tmp_path: Path) -> None:
         before = (
             await client.get("/apis/apps/v1/namespaces/metacollector/deployments/metacollector")
         ).json()
-        out = await kubectl("apply", "-f", str(edited))
+        out = await kubectl(emu, "apply", "-f", str(edited))
         assert "deployment.apps/metacollector configured" in out, out
+        ha = '[{"op": "replace", "path": "/spec/replicas", "value": 2}]'
+        out = await kubectl(
+            emu,
+            "-n",
+            "metacollector",
+            "patch",
+            "deployment",
+            "metacollector",
+            "--type=json",
+            "-p",
+            ha,
+        )
+        assert "patched" in out, out
         after = (
             await client.get("/apis/apps/v1/namespaces/metacollector/deployments/metacollector")
         ).json()
         old, new = (d["spec"]["template"]["spec"]["containers"][0] for d in (before, after))
         assert new["args"] == [a.replace("info", "debug") for a in old["args"]] != old["args"]
+        assert before["spec"]["replicas"] == 1 and after["spec"]["replicas"] == 2  # --type=json
         assert {k: v for k, v in new.items() if k != "args"} == {
             k: v for k, v in old.items() if k != "args"
         }

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 
 
 @pytest.fixture

@@ -251,7 +251,7 @@ async def test_exec_plugin_failure_is_clear(tmp_path: Path) -> None:
 
 
 async def test_exec_plugin_against_emulator(tmp_path: Path) -> None:
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
 
     async with running_emulator(nodes=1, pods_per_node=1) as emu:
         script = plugin(tmp_path, "client.authentication.k8s.io/v1", emu.token)
@@ -273,7 +273,7 @@ async def test_exec_plugin_runs_once_for_concurrent_requests_and_again_on_401(
     stopped accepting the token) re-runs it once and the request succeeds."""
     import trio
 
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
     from tests.support.kube import counting_plugin, exec_kubeconfig
 
     async with running_emulator(nodes=1, pods_per_node=2) as emu:

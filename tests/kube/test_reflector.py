@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
 from metacollector.kube.reflector import Backoff, Delta, Reflector

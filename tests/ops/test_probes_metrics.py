@@ -11,7 +11,7 @@ import trio
 
 from metacollector import metrics
 from metacollector.app import Running, _startup_error, serve
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.http import StartupError
 from metacollector.kube.config import load_kubeconfig
 from metacollector.model import KIND_TYPES

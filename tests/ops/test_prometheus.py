@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from metacollector.app import Running, serve
-from metacollector.emulator.harness import EmulatorHandle, running_emulator
+from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.kube.config import load_kubeconfig
 from metacollector.settings import BindAddress, Settings
 from tests.support.cluster import Cluster

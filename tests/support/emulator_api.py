@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from metacollector.emulator.harness import EmulatorHandle
+from metacollector.emulator.inprocess import EmulatorHandle
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
 SMP = {"Content-Type": "application/strategic-merge-patch+json"}
@@ -72,3 +75,44 @@ class Api:
         )
         assert r.status_code == 201, r.text
         return r.json()  # type: ignore[no-any-return]
+
+    async def deployment(
+        self, ns: str, name: str, containers: list[dict[str, Any]], **meta: Any
+    ) -> httpx.Response:
+        """POST a one-replica Deployment selecting a=b; the response, for the test to check."""
+        return await self.client.post(
+            f"/apis/apps/v1/namespaces/{ns}/deployments",
+            json={
+                "metadata": {"name": name, **meta},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"a": "b"}},
+                    "template": {
+                        "metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": containers},
+                    },
+                },
+            },
+        )
+
+
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not on PATH")
+
+
+def kubectl_env(emu: EmulatorHandle) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": str(emu.kubeconfig)}
+
+
+async def kubectl(emu: EmulatorHandle, *args: str) -> str:
+    """The stdout of the kubectl on PATH run against ``emu`` (the test fails if it fails)."""
+    assert KUBECTL is not None
+    proc = await trio.run_process(
+        [KUBECTL, *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        env=kubectl_env(emu),
+        check=False,
+    )  # type: ignore[list-item]
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()  # type: ignore[no-any-return]

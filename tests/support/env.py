@@ -88,7 +88,7 @@ async def start_env(
             _close(env)
             running.cancel_scope.cancel()
         return
-    from metacollector.emulator.harness import running_emulator
+    from metacollector.emulator.inprocess import running_emulator
 
     emulator_opts.setdefault("bookmark_interval", 0.5)
     async with running_emulator(**emulator_opts) as emu:

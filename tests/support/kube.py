@@ -7,7 +7,7 @@ import stat
 import sys
 from pathlib import Path
 
-from metacollector.emulator.harness import EmulatorHandle
+from metacollector.emulator.inprocess import EmulatorHandle
 
 
 def counting_plugin(tmp_path: Path, token_file: Path, fail_first: int = 0) -> tuple[Path, Path]:

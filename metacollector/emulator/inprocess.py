@@ -1,4 +1,5 @@
-"""Start an in-process emulator for tests, the demo and benchmarks."""
+"""The emulator run in-process, for the tests, the demo and the benchmarks: start one with a
+generated cluster (optionally over TLS) and get a handle with its URL, token and kubeconfig."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from metacollector.emulator.churn import run_churn
 from metacollector.emulator.inprocess import running_emulator
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.grpc.status import Status
+from metacollector.log import GRPC_SERVER_LOGGER
 from tests.support.chaos import Chaos, cluster_changed
 from tests.support.grpc_watch import GrpcWatch
 from tests.support.metrics import counted
@@ -108,7 +109,7 @@ async def test_api_outage(chaos: Chaos) -> None:
 async def test_subscribers_killed_mid_sync_100_times(
     chaos: Chaos, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="metacollector.grpc")
+    caplog.set_level(logging.INFO, logger=GRPC_SERVER_LOGGER)
     port = chaos.env.collector.grpc_port
     for i in range(100):
         with trio.move_on_after(0.005 * (i % 5)):

@@ -41,6 +41,10 @@ from metacollector.grpc.framing import MessageDecoder, status_trailers
 from metacollector.grpc.status import GrpcError, Status
 
 TURN_BYTES = 16 * 1024  # most one stream sends before the others on its connection get a turn
+# ... unless what is left after it is less than half a turn: the Watch handler's batches are a
+# few hundred bytes over 16 KiB, and cutting each at 16 KiB cost a second write for a sliver
+# (2x the server's CPU per message for a fast subscriber, bench/grpc_peers.py).
+MAX_TURN_BYTES = TURN_BYTES + TURN_BYTES // 2
 USEFUL_BYTES = 16 * 1024  # a window smaller than this (and than what is pending) is waited out
 MIN_USEFUL_BYTES = 1024  # ... unless the peer's initial window is smaller, but never below this
 GRPC_PREFIX = 5  # bytes of the gRPC message prefix
@@ -305,7 +309,8 @@ class ConnectionCore:
         return min(pending, USEFUL_BYTES, max(MIN_USEFUL_BYTES, peer_initial))
 
     def take_turn(self, st: StreamCore, data: memoryview, now: float) -> int:
-        """Queue up to ``TURN_BYTES`` of ``data`` on the stream; 0 when it must wait (its
+        """Queue up to ``TURN_BYTES`` of ``data`` (``MAX_TURN_BYTES`` when that leaves no
+        sliver) on the stream; 0 when it must wait (its
         ``send`` says for which window) or has ended."""
         if self.lifecycle is not Lifecycle.OPEN or st.send is SendState.ENDED:
             st.send = SendState.ENDED
@@ -323,7 +328,9 @@ class ConnectionCore:
         if conn_window < want:
             st.send, st.want = SendState.BLOCKED_CONNECTION, want
             return 0
-        n = min(len(data), stream_window, conn_window, TURN_BYTES)
+        n = min(len(data), stream_window, conn_window)
+        if n > MAX_TURN_BYTES:
+            n = TURN_BYTES
         frame = self.h2.max_outbound_frame_size
         for offset in range(0, n, frame):
             self.h2.send_data(st.stream_id, bytes(data[offset : min(n, offset + frame)]))

@@ -24,16 +24,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pathlib
 import random
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+
+from _common import proc_stats
+
+from metacollector.testing import free_port
 
 HERE = pathlib.Path(__file__).parent
 PY = sys.executable
@@ -225,19 +227,25 @@ def subscribe(port: int, nodes: list[str], expected: dict[str, tuple[int, str]])
     """Worker: watch ``nodes``; print {"done_s", "messages", "bad"} once all are complete."""
     import trio
 
-    from metacollector.grpc.client import open_watch
+    from metacollector.grpc.client import WatchEnded, open_watch
 
     async def one(node: str, done: list[float], bad: list[str]) -> None:
         count, want = expected[node]
         got: list[bytes] = []
-        async with open_watch("127.0.0.1", port, node) as stream:
-            async for batch in stream.messages():
-                got.extend(batch)
-                if len(got) >= count:
-                    break
+        try:
+            async with open_watch("127.0.0.1", port, node) as stream:
+                async for batch in stream.messages():
+                    got.extend(batch)
+                    if len(got) >= count:
+                        break
+        except (WatchEnded, OSError) as exc:  # counted: the server's own failure, not ours
+            failed.append(f"{node}: {exc}")
+            return
         if digest(got) != want:
             bad.append(f"{node}: {len(got)} of {count}")
         done.append(time.monotonic())
+
+    failed: list[str] = []
 
     async def main() -> None:
         done: list[float] = []
@@ -249,8 +257,9 @@ def subscribe(port: int, nodes: list[str], expected: dict[str, tuple[int, str]])
         print(
             json.dumps(
                 {
-                    "first_s": min(done) - started,
-                    "last_s": max(done) - started,
+                    "first_s": min(done, default=started) - started,
+                    "last_s": max(done, default=started) - started,
+                    "failed": failed,
                     "messages": sum(expected[n][0] for n in nodes),
                     "bad": bad,
                 }
@@ -263,22 +272,10 @@ def subscribe(port: int, nodes: list[str], expected: dict[str, tuple[int, str]])
 
 
 # --- driver -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def proc(pid: int) -> tuple[float, float, float]:
     """(cpu_s, rss_mb, peak_rss_mb) of a process."""
-    fields = dict(
-        line.split(":", 1)
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
-        if ":" in line
-    )
-    stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return cpu, int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    stats = proc_stats(pid)
+    return stats["cpu_s"], stats["rss_mb"], stats["hwm_mb"]
 
 
 def start_server(kind: str, port: int, args: argparse.Namespace) -> subprocess.Popen[str]:
@@ -318,7 +315,11 @@ def run_clients(port: int, nodes: list[str], procs: int, args: argparse.Namespac
     bad = [n for r in results for n in r["bad"]]
     if bad:
         raise SystemExit(f"content mismatch on {len(bad)} streams, e.g. {bad[:3]}")
+    failed = [f for r in results for f in r["failed"]]
+    if failed:
+        print(f"{len(failed)} streams ended by the server, e.g. {failed[:2]}", file=sys.stderr)
     return {
+        "failed": len(failed),
         "last_s": max(r["last_s"] for r in results),
         "messages": sum(r["messages"] for r in results),
     }
@@ -347,6 +348,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, float]:
         "sync_wall_s": sync_wall,
         "sync_cpu_s": cpu2 - cpu1,
         "sync_messages": sync["messages"],
+        "sync_streams_failed": sync["failed"],
         "rss_idle_mb": rss0,
         "rss_after_mb": rss2,
         "peak_rss_mb": peak,
@@ -400,6 +402,7 @@ def main() -> None:
         ("sync: server CPU-s", "sync_cpu_s", "{:.1f}"),
         ("server RSS idle (MB)", "rss_idle_mb", "{:.0f}"),
         ("server peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("sync: streams the server ended before their view", "sync_streams_failed", "{:.0f}"),
     ]
     print("| | " + " | ".join(kinds) + " |")
     print("|---|" + "---|" * len(kinds))

@@ -38,7 +38,8 @@ from metacollector.model import (
     ServiceSpec,
     decode,
 )
-from metacollector.reducer import ChangeType, Reducer
+from metacollector.events import WatchType
+from metacollector.reducer import Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
 
 FALCO = selected_kinds(
@@ -107,7 +108,7 @@ def build(nodes: int, pods_per_node: int, rng: random.Random) -> tuple[Reducer, 
 _encode = msgspec.json.Encoder().encode
 
 
-def _change(pods: list[Pod], rng: random.Random, nodes: int) -> list[tuple[ChangeType, bytes]]:
+def _change(pods: list[Pod], rng: random.Random, nodes: int) -> list[tuple[WatchType, bytes]]:
     """One random change to a random pod (its JSON watch objects); updates ``pods``."""
     k = rng.randrange(len(pods))
     pod = pods[k]
@@ -189,7 +190,7 @@ def main() -> None:
             batch = [(change_type, decode("Pod", line)) for change_type, line in lines]
             t1 = time.process_time()
             for change_type, obj in batch:
-                subs.route(reducer.apply(change_type, "Pod", obj), 0.0)
+                subs.route(reducer.apply(change_type, "Pod", obj).touched, 0.0)
             for mailbox in ready:
                 sent_total += len(mailbox.take(reducer.state, 1 << 20))
             ready.clear()

@@ -1,63 +1,115 @@
 """The hub: the one task that owns ClusterState, applies reflector deltas through the reducer
-and routes the touched keys into subscriber mailboxes.
+and turns what the reducer reports into outputs: touched keys into subscriber mailboxes,
+changed objects into the optional CloudEvents sink's ``ObjectChange``s (through its
+non-blocking ``offer``).
 
 Everything runs on one trio thread, so mailboxes read the state between awaits without locks.
-Cluster-wide changes go to the optional CloudEvents sink through its non-blocking ``offer``.
+A batch is applied in slices of at most ``SLICE_SECONDS`` of CPU with a checkpoint between
+them, so probes, subscribers and shutdown stay live whatever the API server sends.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Final
 
 import trio
 
 from metacollector import metrics
-from metacollector.changes import ObjectChange
-from metacollector.model import KINDS, Object
-from metacollector.reducer import ChangeType, Reducer
+from metacollector.changes import ObjectChange, Reason, object_change
+from metacollector.events import Delta, Edit
+from metacollector.model import KINDS, Pod
+from metacollector.reducer import Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions
 
 log = logging.getLogger(__name__)
 
+# Longest the hub applies deltas before it lets the other tasks run. (One delta is never split:
+# its cost is bounded by what it changes, e.g. a Service selecting 10,000 pods takes ~20 ms.)
+SLICE_SECONDS: Final = 0.002
+
 
 class Hub:
     def __init__(self, offer: Callable[[ObjectChange], None] | None = None) -> None:
-        self.reducer = Reducer(track_changes=offer is not None)
+        self.reducer = Reducer()
         self.state = self.reducer.state
         self.subscriptions = Subscriptions(self.state)
         self._offer = offer
         self.applied = 0
+        self.slices = 0  # how many slices ``run`` applied its batches in
         metrics.MAILBOX_DEPTH.set_function(self.subscriptions.depth)
         for kind in KINDS:
             held = self.state.pods if kind == "Pod" else self.state.objects[kind]
             metrics.OBJECTS.labels(kind).set_function(held.__len__)
 
-    def apply(self, deltas: Sequence[Any]) -> None:
-        """Apply a batch of reflector deltas (objects with .type, .kind and .obj)."""
-        now = trio.current_time()
-        reducer = self.reducer
-        reducer.now = now
-        route = self.subscriptions.route
-        for delta in deltas:
-            change_type: ChangeType = delta.type
-            obj: Object = delta.obj
-            route(reducer.apply(change_type, delta.kind, obj), now)
-        self.applied += len(deltas)
-        if self._offer is not None and reducer.changes:
-            for change in reducer.changes:
-                self._offer(change)
-            reducer.changes.clear()
+    def apply(self, deltas: Sequence[Delta]) -> None:
+        """Apply a whole batch of reflector deltas at once (``run`` applies it in slices)."""
+        self._apply(deltas, 0, None)
 
-    async def run(self, deltas: trio.MemoryReceiveChannel[Sequence[Any]]) -> None:
+    async def run(self, deltas: trio.MemoryReceiveChannel[Sequence[Delta]]) -> None:
         """Consume reflector batches until every sender closed its end."""
         async with deltas:
             async for batch in deltas:
-                self.apply(batch)
+                start = self._apply(batch, 0, time.perf_counter() + SLICE_SECONDS)
+                while start < len(batch):
+                    await trio.lowlevel.checkpoint()
+                    start = self._apply(batch, start, time.perf_counter() + SLICE_SECONDS)
+
+    def _apply(self, deltas: Sequence[Delta], start: int, deadline: float | None) -> int:
+        """Apply ``deltas[start:]`` until ``deadline`` (perf_counter) passes; route what each
+        touched, offer what changed; return where it stopped."""
+        self.slices += 1
+        now = trio.current_time()
+        apply, route = self.reducer.apply, self.subscriptions.route
+        changes: dict[tuple[str, str], _Pending] | None = {} if self._offer is not None else None
+        end = start
+        for delta in deltas[start:] if start else deltas:
+            end += 1
+            outcome = apply(delta.type, delta.kind, delta.obj)
+            route(outcome.touched, now)
+            if changes is not None:
+                for edit in outcome.changed:
+                    _coalesce(changes, edit)
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        self.applied += end - start
+        if changes:
+            self._offer_changes(changes, now)
+        return end
+
+    def _offer_changes(self, changes: dict[tuple[str, str], _Pending], now: float) -> None:
+        """One ObjectChange per object changed in the slice, its refs rendered once."""
+        assert self._offer is not None
+        pods = self.state.pods
+        for (kind, uid), (reason, edit) in changes.items():
+            obj = edit.new if edit.new is not None else edit.old
+            assert obj is not None
+            refs = None
+            if isinstance(obj, Pod) and edit.new is not None:
+                refs = {k: list(v) for k, v in pods[uid].refs()}
+            self._offer(object_change(reason, kind, obj, refs, now))
 
     def subscribe(self, node: str, kinds: frozenset[str]) -> Mailbox:
         return self.subscriptions.subscribe(node, kinds, trio.current_time())
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
         self.subscriptions.unsubscribe(mailbox)
+
+
+_Pending = tuple[Reason, Edit]  # the reason so far and the latest edit of one object
+
+
+def _coalesce(changes: dict[tuple[str, str], _Pending], edit: Edit) -> None:
+    """Fold one edit into the slice's changes as the sink's ``coalesce`` folds offers (the
+    latest state wins, a Create stays a Create, a Delete wins), so that offering one change
+    per object per slice hands the sink exactly what offering every edit would."""
+    reason: Reason = "Create" if edit.old is None else "Delete" if edit.new is None else "Update"
+    obj = edit.new if edit.new is not None else edit.old
+    assert obj is not None
+    key = (edit.kind, obj.metadata.uid)
+    pending = changes.get(key)
+    if pending is not None and reason == "Update" and pending[0] == "Create":
+        reason = "Create"
+    changes[key] = (reason, edit)

@@ -15,9 +15,10 @@ from typing import Final
 
 import msgspec
 
+from metacollector.events import Key
 from metacollector.model import KINDS
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
-from metacollector.state import ClusterState, Key
+from metacollector.state import ClusterState
 
 # The Falco plugin asks for "ReplicaController" (sic); we serve it ReplicationControllers.
 KIND_ALIASES: Final = {"ReplicaController": "ReplicationController"}
@@ -58,7 +59,7 @@ class Mailbox:
         out: list[Sent] = []
         size = 0
         dirty, sent, node = self.dirty, self.sent, self.node
-        current = state.current
+        current = state.event_body
         looked = 0
         for key, marked_at in dirty.items():
             looked += 1

@@ -5,10 +5,13 @@ table equals the naive oracle's view(node), and no stream rule was broken on the
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metacollector import state
 from metacollector.model import KINDS, Object
 from metacollector.proto import metadata_pb2 as pb
 from tests.core import builders as b
@@ -109,6 +112,65 @@ step = st.one_of(
 def test_every_subscriber_converges_to_its_view(
     steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]
 ) -> None:
+    run_history(steps, tail)
+
+
+# Many Services over few label pairs: pods selected by several Services at once, selectors of
+# two items, Services re-selecting; with state._SMALL at 1 every pod's Services are a set.
+WIDE_LABELS = st.dictionaries(
+    st.sampled_from(["app", "tier", "zone"]), st.sampled_from(["x", "y"]), max_size=3
+)
+
+
+@st.composite
+def wide_pod_change(draw: st.DrawFn) -> tuple[str, str, Object]:
+    i = draw(st.integers(0, 5))
+    obj = b.pod(
+        f"p{i}",
+        f"pod-{i}",
+        namespace="a",
+        node=draw(POD_NODES),
+        labels=draw(WIDE_LABELS),
+        rv=str(draw(st.integers(1, 9))),
+    )
+    return draw(st.sampled_from(["ADDED", "MODIFIED", "MODIFIED", "DELETED"])), "Pod", obj
+
+
+@st.composite
+def wide_service_change(draw: st.DrawFn) -> tuple[str, str, Object]:
+    i = draw(st.integers(0, 5))
+    selector = draw(
+        st.dictionaries(
+            st.sampled_from(["app", "tier", "zone"]), st.sampled_from(["x", "y"]), max_size=2
+        )
+    )
+    obj = b.service(f"s{i}", f"service-{i}", "a", selector=selector)
+    return draw(st.sampled_from(["ADDED", "MODIFIED", "MODIFIED", "DELETED"])), "Service", obj
+
+
+wide_change = st.tuples(st.just("change"), st.one_of(wide_pod_change(), wide_service_change()))
+wide_step = st.one_of(
+    wide_change,
+    wide_change,
+    wide_change,
+    st.tuples(st.just("drain"), st.tuples(st.integers(0, 20), st.sampled_from([1, 1 << 20]))),
+)
+
+
+@pytest.mark.parametrize("small", [1, 8])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(wide_step, min_size=10, max_size=80),
+    st.lists(st.tuples(st.just("change"), wide_service_change()), max_size=6),
+)
+def test_many_services_over_shared_labels_converge(
+    small: int, steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]
+) -> None:
+    with patch.object(state, "_SMALL", small):
+        run_history([("change", ("ADDED", "Namespace", b.namespace("a", "ns-a"))), *steps], tail)
+
+
+def run_history(steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]) -> None:
     core = Core()
     # Subscribers present from the start see every change after their sync; more join later.
     subs: list[Subscriber] = [core.subscribe(node) for node in NODES[:3]]

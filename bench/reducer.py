@@ -26,6 +26,7 @@ import time
 import msgspec
 
 from metacollector import allocator
+from metacollector.events import WatchType
 from metacollector.gcpolicy import freeze_heap
 from metacollector.model import (
     Metadata,
@@ -38,7 +39,6 @@ from metacollector.model import (
     ServiceSpec,
     decode,
 )
-from metacollector.events import WatchType
 from metacollector.reducer import Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
 

@@ -11,15 +11,15 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 
 from metacollector import allocator, metrics
 from metacollector.cloudevents import CloudEventsSink, SinkConfigError, settings_from_env
+from metacollector.events import Delta
 from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
@@ -33,7 +33,7 @@ from metacollector.kube.config import KubeConfig, KubeConfigError, load_config
 from metacollector.kube.reflector import Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.log import configure_logging
-from metacollector.model import KIND_TYPES, intern_strings
+from metacollector.model import KIND_TYPES, Object, intern_strings
 from metacollector.settings import Settings
 
 log = logging.getLogger("metacollector")
@@ -49,11 +49,13 @@ class Running:
     grpc_port: int
     metrics_port: int | None
     health_port: int | None
-    reflectors: Sequence[Reflector[Any]]
+    reflectors: Sequence[Reflector[Object]]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
-def relist_grace_check(reflectors: Sequence[Reflector[Any]], grace: float) -> Any:
+def relist_grace_check(
+    reflectors: Sequence[Reflector[Object]], grace: float
+) -> Callable[[], bool | str]:
     """Readiness: every reflector synced, and none relisting for longer than ``grace``."""
 
     def check() -> bool | str:
@@ -73,7 +75,7 @@ def default_source(cfg: KubeConfig) -> str:
 
 
 async def freeze_heap_once_synced(
-    reflectors: Sequence[Reflector[Any]], pending: trio.MemoryReceiveChannel[Any]
+    reflectors: Sequence[Reflector[Object]], pending: trio.MemoryReceiveChannel[Sequence[Delta]]
 ) -> None:
     """After the first full sync reached the hub, take the state out of the cyclic GC's sight."""
     for reflector in reflectors:
@@ -121,7 +123,7 @@ async def serve(
         ),
     )
     async with make_client(cfg) as client, trio.open_nursery() as nursery:
-        send, receive = trio.open_memory_channel[Sequence[Any]](16)
+        send, receive = trio.open_memory_channel[Sequence[Delta]](16)
         reflectors = [
             Reflector(
                 client,

@@ -21,8 +21,7 @@ from collections.abc import Iterable
 
 from metacollector.events import Edit, Key, NodeKey, Outcome, WatchType
 from metacollector.model import Object, Pod, Service, same_content
-from metacollector.state import ClusterState, Label, PodEntry, ServiceEntry, pod_services
-
+from metacollector.state import ClusterState, PodEntry, ServiceEntry, pod_services
 
 _NO_LABELS: dict[str, str] = {}
 
@@ -68,7 +67,7 @@ class Reducer:
         st.touch(key, out.touched)
         out.changed.append(Edit(kind, old, new))
         if kind == "Namespace":
-            name = (new or old).metadata.name  # type: ignore[union-attr]
+            name = obj.metadata.name  # one uid, one name
             old_uid = st.namespace_uids.get(name)
             if new is None:
                 if old_uid == uid:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Final
 
 import msgspec
@@ -135,8 +136,8 @@ class ClusterState:
         for uid in self.pods_by_node.get(node, ()):
             entry = pods[uid]
             yield entry.key
-            related.update(dict.fromkeys(entry.owner_keys))
-            related.update(dict.fromkeys(entry.services))
+            related.update(zip(entry.owner_keys, repeat(None)))
+            related.update(zip(entry.services, repeat(None)))
         for key in related:
             if key[1] in self.objects[key[0]]:
                 yield key

@@ -13,13 +13,14 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import httpx
 import msgspec
 import trio
 
 from metacollector import metrics
+from metacollector.events import WATCH_TYPES, Delta, WatchType
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.config import KubeConfigError
 from metacollector.kube.resources import Resource
@@ -31,32 +32,15 @@ from metacollector.kube.stream import (
     decode_event,
     decode_status,
 )
+from metacollector.model import Object
 
 log = logging.getLogger("metacollector.kube.reflector")
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
-class _Meta(Protocol):
-    @property
-    def uid(self) -> str: ...
-    @property
-    def resourceVersion(self) -> str: ...
-
-
-class _HasMeta(Protocol):
-    @property
-    def metadata(self) -> _Meta: ...
-
-
-T = TypeVar("T", bound=_HasMeta)
-
-
-@dataclass(frozen=True, slots=True)
-class Delta(Generic[T]):
-    type: Literal["ADDED", "MODIFIED", "DELETED"]
-    kind: str
-    obj: T
+T = TypeVar("T", bound=Object)
+_WATCH_TYPE: dict[str, WatchType] = {t: t for t in WATCH_TYPES}
 
 
 class Expired(Exception):
@@ -113,9 +97,17 @@ class ListMeta(msgspec.Struct):
     continue_: str = msgspec.field(default="", name="continue")
 
 
+class Page(msgspec.Struct, Generic[T]):
+    """One page of a list response, its items decoded as ``T``."""
+
+    metadata: ListMeta = msgspec.field(default_factory=ListMeta)
+    items: list[T] | None = None
+
+
 def _retry_after(response: httpx.Response) -> float:
     try:
-        return max(0.0, float(response.headers.get("Retry-After", "1")))
+        headers = response.headers
+        return max(0.0, float(headers["Retry-After"] if "Retry-After" in headers else "1"))
     except ValueError:
         return 1.0
 
@@ -138,7 +130,7 @@ class Reflector(Generic[T]):
         client: httpx.AsyncClient,
         resource: Resource,
         item_type: type[T],
-        out: trio.MemorySendChannel[Sequence[Delta[Any]]],
+        out: trio.MemorySendChannel[Sequence[Delta]],
         *,
         prepare: Callable[[T], T] | None = None,
         page_size: int = 500,
@@ -166,10 +158,12 @@ class Reflector(Generic[T]):
         self.relists = 0
         self.watch_restarts = 0
         self._item = msgspec.json.Decoder(item_type)
-        self._page = msgspec.json.Decoder(_page_type(item_type))
+        self._page: msgspec.json.Decoder[Page[T]] = msgspec.json.Decoder(
+            Page[item_type]  # type: ignore[valid-type]
+        )
         self._counters = {
             t: metrics.API_SERVER_EVENTS.labels(self.kind.lower(), "api-server", t.lower())
-            for t in ("ADDED", "MODIFIED", "DELETED")
+            for t in WATCH_TYPES
         }
 
     async def run(self) -> None:
@@ -222,7 +216,7 @@ class Reflector(Generic[T]):
             self._restart(why, delay)
             await trio.sleep(delay)
 
-    def _fields(self, **extra: Any) -> dict[str, Any]:
+    def _fields(self, **extra: object) -> dict[str, object]:
         return {"resource": self.resource.plural, "resourceVersion": self.rv, **extra}
 
     def _restart(self, cause: str, delay: float = 0.0) -> None:
@@ -278,7 +272,7 @@ class Reflector(Generic[T]):
     async def _replace(self, items: dict[str, T], rv: str) -> None:
         """Hand on the difference between the store and a fresh list; adopt the list."""
         store = self.store
-        deltas: list[Delta[Any]] = []
+        deltas: list[Delta] = []
         for uid, obj in items.items():
             old = store.get(uid)
             if old is None:
@@ -333,7 +327,7 @@ class Reflector(Generic[T]):
     async def _handle(
         self, lines: list[bytes], pending: dict[str, T] | None
     ) -> dict[str, T] | None:
-        batch: list[Delta[Any]] = []
+        batch: list[Delta] = []
         try:
             for line in lines:
                 try:
@@ -353,7 +347,8 @@ class Reflector(Generic[T]):
                         raise APIError(
                             f"watch ERROR {status.code} {status.reason}: {status.message}"
                         )
-                    if event.type not in ("ADDED", "MODIFIED", "DELETED"):
+                    watch_type = _WATCH_TYPE.get(event.type)
+                    if watch_type is None:
                         raise MalformedLine(f"unknown event type {event.type!r}")
                     obj = self._item.decode(event.object)
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -364,25 +359,14 @@ class Reflector(Generic[T]):
                 if pending is not None:  # still inside a streaming list's initial events
                     pending[uid] = obj
                     continue
-                if event.type == "DELETED":
+                if watch_type == "DELETED":
                     self.store.pop(uid, None)
                 else:
                     self.store[uid] = obj
                 self.rv = obj.metadata.resourceVersion or self.rv
-                self._counters[event.type].inc()
-                batch.append(Delta(event.type, self.kind, obj))  # type: ignore[arg-type]
+                self._counters[watch_type].inc()
+                batch.append(Delta(watch_type, self.kind, obj))
         finally:
             if batch:
                 await self.out.send(batch)
         return pending
-
-
-def _page_type(item_type: type[Any]) -> Any:
-    """A list response of ``item_type`` items."""
-    return msgspec.defstruct(
-        "Page",
-        [
-            ("metadata", ListMeta, msgspec.field(default_factory=ListMeta)),
-            ("items", list[item_type] | None, None),  # type: ignore[valid-type]
-        ],
-    )

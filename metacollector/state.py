@@ -276,6 +276,7 @@ class ClusterState:
     # --- label and selector indexes ---------------------------------------------------------
     def index_pod_labels(self, namespace: str, uid: str, labels: Collection[Label]) -> None:
         if labels:
+            self.ops += len(labels)
             index = self.pods_by_label.setdefault(namespace, {})
             for label in labels:
                 members = index.get(label)
@@ -288,6 +289,7 @@ class ClusterState:
 
     def unindex_pod_labels(self, namespace: str, uid: str, labels: Collection[Label]) -> None:
         if labels:
+            self.ops += len(labels)
             index = self.pods_by_label[namespace]
             for label in labels:
                 members = index[label]

@@ -106,8 +106,8 @@ class Page(msgspec.Struct, Generic[T]):
 
 def _retry_after(response: httpx.Response) -> float:
     try:
-        headers = response.headers
-        return max(0.0, float(headers["Retry-After"] if "Retry-After" in headers else "1"))
+        values = response.headers.get_list("Retry-After")
+        return max(0.0, float(values[0] if values else "1"))
     except ValueError:
         return 1.0
 

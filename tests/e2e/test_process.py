@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,8 +16,11 @@ import httpx
 import pytest
 import trio
 
+from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import selected_kinds
+from tests.e2e.cluster import Cluster
 from tests.e2e.conftest import REAL_KUBECONFIG
-from tests.e2e.grpc_watch import GrpcWatch
+from tests.e2e.grpc_watch import FALCO_KINDS, GrpcWatch
 
 pytestmark = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="uses the emulator's synthetic cluster"
@@ -175,3 +179,144 @@ async def test_busy_grpc_port_is_a_clear_startup_error(emulator) -> None:  # typ
     lines = proc.stderr.decode().strip().splitlines()
     assert proc.returncode == 1, lines
     assert lines[-1].startswith("metacollector: error: ") and str(port) in lines[-1]
+
+
+STORM_SERVICES = 5000
+STORM_PODS = 10  # every storm Service selects these, all on node-0
+
+
+async def test_service_storm_keeps_subscribers_probes_and_sigterm_live(emulator) -> None:  # type: ignore[no-untyped-def]
+    """Issue 18: 5,000 Services in one namespace selecting the same pods froze the process
+    (quadratic reducer, no checkpoint in the hub). Now, while they arrive: a subscriber of
+    another node gets every change, /healthz answers within 1 s every time, the subscriber of
+    the selected pods' node converges, and SIGTERM exits within 2 s."""
+    async with emulator.client() as client:
+        cluster = Cluster(client)
+        await cluster.namespace("storm")
+        for i in range(STORM_PODS):
+            await cluster.pod("storm", f"sel-{i}", "node-0", labels={"app": "storm"})
+        await cluster.pod("storm", "canary", "node-1", labels={"app": "canary", "rev": "0"})
+        collector = Collector(emulator.kubeconfig)
+        try:
+            await collector.ready()
+            target = f"127.0.0.1:{collector.grpc}"
+            healthy = GrpcWatch(target, "node-1").start()
+            selected = GrpcWatch(target, "node-0").start()
+            await healthy.wait_for(lambda w: _canary_rev(w) == "0", 20)
+            latencies: list[float] = []
+            probes: list[float] = []
+            created = [0]
+
+            async def storm() -> None:
+                async def worker(start: int) -> None:
+                    for i in range(start, STORM_SERVICES, 8):
+                        await cluster.service("storm", f"svc-{i:04d}", {"app": "storm"})
+                        created[0] += 1
+
+                async with trio.open_nursery() as workers:
+                    for start in range(8):
+                        workers.start_soon(worker, start)
+
+            async def probe() -> None:
+                async with httpx.AsyncClient() as http:
+                    while created[0] < STORM_SERVICES:
+                        t0 = trio.current_time()
+                        with trio.fail_after(1):  # the probe deadline kubelet would apply
+                            r = await http.get(f"http://127.0.0.1:{collector.health}/healthz")
+                        assert r.status_code == 200
+                        probes.append(trio.current_time() - t0)
+                        await trio.sleep(0.1)
+
+            async def canary() -> None:
+                rev = 0
+                while created[0] < STORM_SERVICES:
+                    rev += 1
+                    labels = {"app": "canary", "rev": str(rev)}
+                    await cluster.patch("Pod", "storm", "canary", {"metadata": {"labels": labels}})
+                    t0 = trio.current_time()
+                    await healthy.wait_for(lambda w, want=str(rev): _canary_rev(w) == want, 10)
+                    latencies.append(trio.current_time() - t0)
+                    await trio.sleep(0.05)
+
+            cpu0, t_storm = _cpu_seconds(collector.proc.pid), trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(storm)
+                nursery.start_soon(probe)
+                nursery.start_soon(canary)
+            # The storm reached the collector: the selected pods carry all 5,000 Services.
+            await selected.wait_for(
+                lambda w: all(len(_services(w, f"sel-{i}")) == STORM_SERVICES for i in range(10)),
+                120,
+            )
+            cpu = _cpu_seconds(collector.proc.pid) - cpu0
+            storm_s = trio.current_time() - t_storm
+            assert healthy.error is None and selected.error is None
+            assert selected.current == await cluster.expected_view("node-0", _FALCO)
+            assert len(latencies) >= 5 and len(probes) >= 5
+            latencies.sort()
+            print(
+                f"\ncanary change latency over {len(latencies)} changes: p50 "
+                f"{latencies[len(latencies) // 2] * 1000:.1f} ms, p99 "
+                f"{latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms; /healthz max "
+                f"{max(probes) * 1000:.1f} ms over {len(probes)} probes; storm {storm_s:.1f} s, "
+                f"collector CPU {cpu:.1f} s; collector send latency (metric, cumulative): "
+                f"{await _latency_buckets(collector)}"
+            )
+
+            # Deleting them is a storm too; SIGTERM in the middle of it.
+            async def unstorm() -> None:
+                for i in range(STORM_SERVICES):
+                    await cluster.delete("Service", "storm", f"svc-{i:04d}")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(unstorm)
+                await selected.wait_for(lambda w: len(_services(w, "sel-0")) < 4000, 60)
+                t0 = trio.current_time()
+                rc, stderr = await collector.terminate(timeout=2)
+                assert trio.current_time() - t0 < 2
+                nursery.cancel_scope.cancel()
+            assert rc == 0, stderr
+            healthy.channel.close()
+            selected.channel.close()
+        finally:
+            if collector.proc.poll() is None:
+                collector.proc.kill()
+
+
+_FALCO = frozenset(selected_kinds(FALCO_KINDS))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _latency_buckets(collector: Collector) -> str:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{collector.metrics}/metrics")).text
+    prefix = "metacollector_send_latency_seconds_bucket{le="
+    return " ".join(
+        line[len(prefix) :].replace('"} ', ":")
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    )
+
+
+def _pods(watch: GrpcWatch) -> list[pb.Event]:
+    events = list(watch.current.values())  # one C call: the pump thread may be adding
+    return [e for e in events if e.kind == "Pod"]
+
+
+def _canary_rev(watch: GrpcWatch) -> str | None:
+    for event in _pods(watch):
+        meta = json.loads(event.meta)
+        if meta["name"] == "canary":
+            return meta["labels"].get("rev")  # type: ignore[no-any-return]
+    return None
+
+
+def _services(watch: GrpcWatch, name: str) -> list[str]:
+    for event in _pods(watch):
+        if json.loads(event.meta)["name"] == name:
+            return list(event.refs.resources["Service"].list)
+    return []

@@ -17,7 +17,7 @@ rendered once, when the pod's event is next needed (``ClusterState.event_body``)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from metacollector.events import Edit, Key, NodeKey, Outcome, WatchType
 from metacollector.model import Object, Pod, Service, same_content
@@ -107,8 +107,7 @@ class Reducer:
         _add(st.pods_by_node, node, uid)
         _add(st.pods_by_namespace, namespace, uid)
         _add(st.pods_by_owner, owner_uid, uid)
-        if meta.labels:
-            st.index_pod_labels(namespace, uid, meta.labels.items())
+        st.index_pod_labels(namespace, uid, st.selected_labels(namespace, meta.labels))
         for key in services:
             st.services[key[1]].pods.add(uid)
         touched = out.touched
@@ -147,28 +146,21 @@ class Reducer:
                 entry.owner_uid = owner_uid
         # Services change only through Service changes (which update the pods they select) and
         # through the pod's own labels and namespace.
-        lost: list[Key] = []
-        gained: list[Key] = []
+        lost: Sequence[Key] = ()
+        gained: Sequence[Key] = ()
         if a.namespace != b.namespace:
             _discard(st.pods_by_namespace, entry.namespace, uid)
             _add(st.pods_by_namespace, b.namespace, uid)
-            if a.labels:
-                st.unindex_pod_labels(a.namespace, uid, a.labels.items())
-            if b.labels:
-                st.index_pod_labels(b.namespace, uid, b.labels.items())
+            st.unindex_pod_labels(a.namespace, uid, st.selected_labels(a.namespace, a.labels))
+            st.index_pod_labels(b.namespace, uid, st.selected_labels(b.namespace, b.labels))
             entry.namespace = b.namespace
             now = set(st.matching_services(new))
             lost = [key for key in entry.services if key not in now]
             gained = [key for key in now if key not in entry.services]
         elif not labels_kept:
-            old_labels, new_labels = (
-                (a.labels or _NO_LABELS).items(),
-                (b.labels or _NO_LABELS).items(),
+            lost, gained = st.relabel_pod(
+                entry, new, a.labels or _NO_LABELS, b.labels or _NO_LABELS
             )
-            removed, added = old_labels - new_labels, new_labels - old_labels  # changed: in both
-            st.unindex_pod_labels(b.namespace, uid, removed)
-            st.index_pod_labels(b.namespace, uid, added)
-            lost, gained = st.relabelled_services(entry, new, removed, added)
         touched = out.touched
         if node != old_node:
             st.unreference(old_node, entry.owner_keys, touched)
@@ -210,9 +202,8 @@ class Reducer:
         _discard(st.pods_by_node, entry.node, uid)
         _discard(st.pods_by_namespace, entry.namespace, uid)
         _discard(st.pods_by_owner, entry.owner_uid, uid)
-        labels = entry.pod.metadata.labels
-        if labels:
-            st.unindex_pod_labels(entry.namespace, uid, labels.items())
+        labels = st.selected_labels(entry.namespace, entry.pod.metadata.labels)
+        st.unindex_pod_labels(entry.namespace, uid, labels)
         for key in entry.services:
             st.services[key[1]].pods.discard(uid)
         touched = out.touched

@@ -77,7 +77,11 @@ class PodEntry(msgspec.Struct, gc=False):
 
     def refs(self) -> Refs:
         """The pod's refs (SPEC section 1): ``owner_refs`` plus its Services' UIDs, sorted."""
-        uids = tuple(sorted([key[1] for key in self.services]))
+        services = self.services
+        if len(services) > 1:
+            uids = tuple(sorted([key[1] for key in services]))
+        else:
+            uids = tuple([key[1] for key in services])
         return tuple(sorted([*self.owner_refs, ("Service", uids)]))
 
 
@@ -97,11 +101,14 @@ class ClusterState:
     pods_by_node: dict[str, set[str]] = field(default_factory=dict)
     pods_by_namespace: dict[str, set[str]] = field(default_factory=dict)
     pods_by_owner: dict[str, set[str]] = field(default_factory=dict)
-    # namespace -> (label key, value) -> pods carrying it: a Service finds the pods it selects
-    # from its selector's rarest item, never by scanning the namespace.
-    # (A label only one pod carries maps to its uid, not to a set: most unique labels, such as a
-    # StatefulSet pod's name, then cost no set each.)
+    # namespace -> (label key, value) -> pods carrying it, for the keys in ``indexed_keys``: a
+    # Service finds the pods it selects from its selector's rarest item, never by scanning the
+    # namespace. (A pair only one pod carries maps to its uid, not to a set.)
     pods_by_label: dict[str, dict[Label, str | set[str]]] = field(default_factory=dict)
+    # namespace -> the label keys a Service there selects on, or once did: only these are
+    # indexed (a pod's other labels, such as a unique revision or name, cost nothing). A key
+    # becomes indexed with one scan of the namespace when a Service first selects on it.
+    indexed_keys: dict[str, set[str]] = field(default_factory=dict)
     # Services with a non-empty selector, by namespace then one (key, value) of their selector
     # (the smallest): a pod being added checks only the Services indexed under its own labels.
     services_by_label: dict[str, dict[Label, set[str]]] = field(default_factory=dict)
@@ -175,29 +182,28 @@ class ClusterState:
     def owner_refs(self, pod: Pod) -> tuple[Refs, tuple[Key, ...]]:
         """The Namespace and owner-chain part of a pod's refs, and the keys they pull in."""
         meta = pod.metadata
-        refs: list[tuple[str, tuple[str, ...]]] = []
+        # A dict keeps one entry per kind (an owner of kind Namespace or Service gives way to the
+        # pod's own, as the Go collector's map does).
+        refs: dict[str, tuple[str, ...]] = {}
         related: list[Key] = []
         ns_uid = self.namespace_uids.get(meta.namespace)
-        refs.append(("Namespace", (ns_uid,) if ns_uid else ()))
+        refs["Namespace"] = (ns_uid,) if ns_uid else ()
         if ns_uid:
             related.append(("Namespace", ns_uid))
         owner = meta.controller()
         if owner is not None and owner.kind and owner.uid:
-            refs.append((owner.kind, (owner.uid,)))
+            refs[owner.kind] = (owner.uid,)
             if owner.kind in VIEW_OWNER_KINDS:
                 related.append((owner.kind, owner.uid))
             if owner.kind == "ReplicaSet":
                 rs = self.objects["ReplicaSet"].get(owner.uid)
                 grand = rs.metadata.controller() if rs is not None else None
                 if grand is not None and grand.kind and grand.uid:
-                    refs.append((grand.kind, (grand.uid,)))
+                    refs[grand.kind] = (grand.uid,)
                     if grand.kind == "Deployment":
                         related.append(("Deployment", grand.uid))
-        # A dict keeps one entry per kind (an owner of kind Namespace or Service is dropped for
-        # the pod's own, as the Go collector's map does).
-        merged = dict(refs)
-        merged.pop("Service", None)
-        return tuple(sorted(merged.items())), tuple(related)
+            refs.pop("Service", None)
+        return tuple(sorted(refs.items())), tuple(related)
 
     def matching_services(self, pod: Pod) -> list[Key]:
         """Keys of the Services in the pod's namespace that select it."""
@@ -274,18 +280,22 @@ class ClusterState:
             touched.append((node, key))
 
     # --- label and selector indexes ---------------------------------------------------------
+    def selected_labels(self, namespace: str, labels: dict[str, str] | None) -> list[Label]:
+        """The pairs of ``labels`` whose key is indexed in ``namespace``: O(the fewer of the
+        two)."""
+        keys = self.indexed_keys.get(namespace)
+        if not keys or not labels:
+            return []
+        if len(keys) < len(labels):
+            return [(key, labels[key]) for key in keys if key in labels]
+        return [item for item in labels.items() if item[0] in keys]
+
     def index_pod_labels(self, namespace: str, uid: str, labels: Collection[Label]) -> None:
         if labels:
             self.ops += len(labels)
             index = self.pods_by_label.setdefault(namespace, {})
             for label in labels:
-                members = index.get(label)
-                if members is None:
-                    index[label] = uid
-                elif isinstance(members, str):
-                    index[label] = {members, uid}
-                else:
-                    members.add(uid)
+                _index_pair(index, label, uid)
 
     def unindex_pod_labels(self, namespace: str, uid: str, labels: Collection[Label]) -> None:
         if labels:
@@ -302,16 +312,60 @@ class ClusterState:
             if not index:
                 del self.pods_by_label[namespace]
 
+    def relabel_pod(
+        self, entry: PodEntry, pod: Pod, old: dict[str, str], new: dict[str, str]
+    ) -> tuple[list[Key], list[Key]]:
+        """Move a pod in the label index from its ``old`` labels to its ``new`` ones; return
+        the Services it loses and gains. Only indexed keys are compared: O(the fewer of the
+        namespace's indexed keys and the pod's labels), nothing built when none changed."""
+        keys = self.indexed_keys.get(entry.namespace)
+        if not keys:
+            return [], []
+        removed: list[Label] = []
+        added: list[Label] = []
+        for key in keys if len(keys) <= len(old) + len(new) else old.keys() | new.keys():
+            before, after = old.get(key), new.get(key)
+            if before != after and key in keys:
+                if before is not None:
+                    removed.append((key, before))
+                if after is not None:
+                    added.append((key, after))
+        if not removed and not added:
+            return [], []
+        self.unindex_pod_labels(entry.namespace, entry.key[1], removed)
+        self.index_pod_labels(entry.namespace, entry.key[1], added)
+        return self.relabelled_services(entry, pod, removed, added)
+
     def index_service(self, uid: str, service: Service) -> None:
-        """Index a Service under its selector (nothing for an empty one)."""
+        """Index a Service under its selector (nothing for an empty one). A selector key new
+        to the namespace is indexed for its pods first (once: a key stays indexed)."""
         items = service_labels(service)
         if not items:
             return
         ns = service.metadata.namespace
+        keys = self.indexed_keys.setdefault(ns, set())
+        for key, _ in items:
+            if key not in keys:
+                keys.add(key)
+                self._index_key(ns, key)
         self.services_by_label.setdefault(ns, {}).setdefault(min(items), set()).add(uid)
         by_item = self.services_by_item.setdefault(ns, {})
         for item in items:
             by_item.setdefault(item, set()).add(uid)
+
+    def _index_key(self, namespace: str, key: str) -> None:
+        """Index every pod of ``namespace`` carrying label ``key``: the one scan of a namespace,
+        when a Service first selects on that key there."""
+        uids = self.pods_by_namespace.get(namespace, ())
+        self.ops += len(uids)
+        index = self.pods_by_label.setdefault(namespace, {})
+        pods = self.pods
+        for uid in uids:
+            labels = pods[uid].pod.metadata.labels
+            if labels and key in labels:
+                _index_pair(index, (key, labels[key]), uid)
+        if not index:
+            del self.pods_by_label[namespace]
 
     def unindex_service(self, uid: str, service: Service) -> None:
         items = service_labels(service)
@@ -378,6 +432,16 @@ class ClusterState:
 def pod_services(keys: list[Key]) -> tuple[Key, ...] | set[Key]:
     """A pod's Services, as ``PodEntry.services`` holds them."""
     return tuple(keys) if len(keys) <= _SMALL else set(keys)
+
+
+def _index_pair(index: dict[Label, str | set[str]], label: Label, uid: str) -> None:
+    members = index.get(label)
+    if members is None:
+        index[label] = uid
+    elif isinstance(members, str):
+        index[label] = {members, uid}
+    else:
+        members.add(uid)
 
 
 def _discard(index: dict[Label, set[str]], label: Label, uid: str) -> None:

@@ -197,11 +197,19 @@ async def test_service_storm_keeps_subscribers_probes_and_sigterm_live(emulator)
             await cluster.pod("storm", f"sel-{i}", "node-0", labels={"app": "storm"})
         await cluster.pod("storm", "canary", "node-1", labels={"app": "canary", "rev": "0"})
         collector = Collector(emulator.kubeconfig)
+        drainer: subprocess.Popen[str] | None = None
         try:
             await collector.ready()
             target = f"127.0.0.1:{collector.grpc}"
             healthy = GrpcWatch(target, "node-1").start()
-            selected = GrpcWatch(target, "node-0").start()
+            # The selected pods' node gets every Service and a 190 KB Update of each pod per
+            # flush: drained raw in its own process (parsing it here would slow the emulator
+            # that serves the storm, which runs in this process), checked after the storm.
+            drainer = subprocess.Popen(
+                [sys.executable, "-c", _DRAIN, target, "node-0"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             await healthy.wait_for(lambda w: _canary_rev(w) == "0", 20)
             latencies: list[float] = []
             probes: list[float] = []
@@ -244,6 +252,7 @@ async def test_service_storm_keeps_subscribers_probes_and_sigterm_live(emulator)
                 nursery.start_soon(probe)
                 nursery.start_soon(canary)
             # The storm reached the collector: the selected pods carry all 5,000 Services.
+            selected = GrpcWatch(target, "node-0").start()
             await selected.wait_for(
                 lambda w: all(len(_services(w, f"sel-{i}")) == STORM_SERVICES for i in range(10)),
                 120,
@@ -276,12 +285,37 @@ async def test_service_storm_keeps_subscribers_probes_and_sigterm_live(emulator)
                 assert trio.current_time() - t0 < 2
                 nursery.cancel_scope.cancel()
             assert rc == 0, stderr
+            end_of_stream = drainer.communicate
+            drained = await trio.to_thread.run_sync(lambda: end_of_stream(timeout=10)[0])
+            messages, size = map(int, drained.split())
+            print(f"node-0 subscriber drained {messages} messages, {size / 2**20:.0f} MiB")
+            assert messages >= STORM_SERVICES
             healthy.channel.close()
             selected.channel.close()
         finally:
             if collector.proc.poll() is None:
                 collector.proc.kill()
+            if drainer is not None and drainer.poll() is None:
+                drainer.kill()
 
+
+# A Watch subscriber that counts messages and bytes without parsing them; prints both at the
+# end of the stream.
+_DRAIN = """
+import sys, grpc
+from metacollector.proto import metadata_pb2 as pb
+channel = grpc.insecure_channel(sys.argv[1])
+watch = channel.unary_stream("/metadata.Metadata/Watch", request_serializer=pb.Selector.SerializeToString)
+kinds = ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
+messages = size = 0
+try:
+    for raw in watch(pb.Selector(nodeName=sys.argv[2], resourceKinds={k: "" for k in kinds})):
+        messages += 1
+        size += len(raw)
+except grpc.RpcError:
+    pass
+print(messages, size)
+"""
 
 _FALCO = frozenset(selected_kinds(FALCO_KINDS))
 

@@ -46,7 +46,8 @@ class Edit(msgspec.Struct, frozen=True, gc=False):
 
 
 class Outcome(msgspec.Struct, gc=False):
-    """What one change did: the (node, key) pairs to re-evaluate and the objects that changed."""
+    """What changes did: the (node, key) pairs to re-evaluate and the objects that changed
+    (``changed`` None: not recorded, nobody asked)."""
 
     touched: list[NodeKey]
-    changed: list[Edit]
+    changed: list[Edit] | None

@@ -19,7 +19,7 @@ import trio
 
 from metacollector import metrics
 from metacollector.changes import ObjectChange, Reason, object_change
-from metacollector.events import Delta, Edit
+from metacollector.events import Delta, Edit, Outcome
 from metacollector.model import KINDS, Pod
 from metacollector.reducer import Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions
@@ -58,24 +58,24 @@ class Hub:
                     start = self._apply(batch, start, time.perf_counter() + SLICE_SECONDS)
 
     def _apply(self, deltas: Sequence[Delta], start: int, deadline: float | None) -> int:
-        """Apply ``deltas[start:]`` until ``deadline`` (perf_counter) passes; route what each
+        """Apply ``deltas[start:]`` until ``deadline`` (perf_counter) passes; route what they
         touched, offer what changed; return where it stopped."""
         self.slices += 1
         now = trio.current_time()
-        apply, route = self.reducer.apply, self.subscriptions.route
-        changes: dict[tuple[str, str], _Pending] | None = {} if self._offer is not None else None
+        apply = self.reducer.apply
+        out = Outcome([], [] if self._offer is not None else None)
         end = start
         for delta in deltas[start:] if start else deltas:
             end += 1
-            outcome = apply(delta.type, delta.kind, delta.obj)
-            route(outcome.touched, now)
-            if changes is not None:
-                for edit in outcome.changed:
-                    _coalesce(changes, edit)
+            apply(delta.type, delta.kind, delta.obj, out)
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         self.applied += end - start
-        if changes:
+        self.subscriptions.route(out.touched, now)
+        if out.changed:
+            changes: dict[tuple[str, str], _Pending] = {}
+            for edit in out.changed:
+                _coalesce(changes, edit)
             self._offer_changes(changes, now)
         return end
 

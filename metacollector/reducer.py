@@ -8,11 +8,14 @@ either list is the hub's business.
 Owners are resolved through ownerReferences (not name prefixes), and a referenced object leaves
 a node's view when its last referencing pod there goes (SPEC section 2's deliberate fixes).
 
-Cost: linear in what a change changes. A pod change costs its own labels and refs; a Service
-change costs the pods it selected and selects (found through the label index, never by scanning
-the namespace), one set operation each; a Namespace or ReplicaSet change costs the pods whose
-owner refs it changes. No path compares a pod's Service list item by item: the sorted UIDs are
-rendered once, when the pod's event is next needed (``ClusterState.event_body``).
+Cost: linear in what a change changes. A pod change costs its own refs and the label keys
+Services select on; a Service change costs the pods it selected and selects (found through the
+label index, never by scanning the namespace), one set operation each, except that the first
+Service selecting on a label key new to its namespace indexes that namespace's pods under the
+key, once; a Namespace or ReplicaSet change costs the pods whose owner refs it changes. No path
+compares a pod's Service list item by item: the sorted UIDs are rendered once, when the pod's
+event is next needed (``ClusterState.event_body``). tests/core/test_cost.py counts it;
+bench/complexity.py measures it.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ class Reducer:
     def __init__(self, state: ClusterState | None = None) -> None:
         self.state = state if state is not None else ClusterState()
 
-    def apply(self, change_type: WatchType, kind: str, obj: Object) -> Outcome:
-        """Apply one change; return the (node, key) pairs it touched and what it changed."""
-        out = Outcome([], [])
+    def apply(
+        self, change_type: WatchType, kind: str, obj: Object, out: Outcome | None = None
+    ) -> Outcome:
+        """Apply one change; return the (node, key) pairs it touched and what it changed,
+        appended to ``out`` when given (the hub passes one per slice: nothing allocated per
+        change; with ``out.changed`` None, what changed is not recorded)."""
+        if out is None:
+            out = Outcome([], [])
         if kind == "Pod":
             # Pods live in ``state.pods`` only: one lookup per change (the state is far larger
             # than the CPU caches, so each lookup of a cold object costs more than the Python).
@@ -65,7 +73,8 @@ class Reducer:
         key = (kind, uid)
         st.invalidate(key)
         st.touch(key, out.touched)
-        out.changed.append(Edit(kind, old, new))
+        if out.changed is not None:
+            out.changed.append(Edit(kind, old, new))
         if kind == "Namespace":
             name = obj.metadata.name  # one uid, one name
             old_uid = st.namespace_uids.get(name)
@@ -115,7 +124,8 @@ class Reducer:
         st.reference(node, services, touched)
         if node:
             touched.append((node, entry.key))
-        out.changed.append(Edit("Pod", None, pod))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", None, pod))
 
     def _update_pod(self, uid: str, entry: PodEntry, new: Pod, out: Outcome) -> None:
         """Each field is compared once; what a change cannot alter is kept in ``entry``."""
@@ -194,7 +204,8 @@ class Reducer:
             touched.append((old_node, key))
         if node and node != old_node:
             touched.append((node, key))
-        out.changed.append(Edit("Pod", old, new))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", old, new))
 
     def _delete_pod(self, uid: str, entry: PodEntry, out: Outcome) -> None:
         st = self.state
@@ -211,7 +222,8 @@ class Reducer:
         st.unreference(entry.node, entry.services, touched)
         if entry.node:
             touched.append((entry.node, entry.key))
-        out.changed.append(Edit("Pod", entry.pod, None))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", entry.pod, None))
 
     def _refresh_owner_refs(self, uids: Iterable[str], out: Outcome) -> None:
         """Recompute the owner refs of pods whose Namespace or ReplicaSet changed: one pod at
@@ -232,7 +244,8 @@ class Reducer:
             entry.invalidate(refs=True)
             if node:
                 touched.append((node, entry.key))
-            out.changed.append(Edit("Pod", entry.pod, entry.pod))
+            if out.changed is not None:
+                out.changed.append(Edit("Pod", entry.pod, entry.pod))
 
     # --- Services --------------------------------------------------------------------------
     def _reselect(self, uid: str, old: Object | None, new: Object | None, out: Outcome) -> None:
@@ -287,7 +300,7 @@ class Reducer:
         keys: tuple[Key],
         added: bool,
         touched: list[NodeKey],
-        changed: list[Edit],
+        changed: list[Edit] | None,
     ) -> None:
         node = entry.node
         if added:
@@ -297,7 +310,8 @@ class Reducer:
         entry.invalidate(refs=True)
         if node:
             touched.append((node, entry.key))
-        changed.append(Edit("Pod", entry.pod, entry.pod))
+        if changed is not None:
+            changed.append(Edit("Pod", entry.pod, entry.pod))
 
 
 def _add(index: dict[str, set[str]], key: str, uid: str) -> None:

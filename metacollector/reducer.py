@@ -116,12 +116,15 @@ class Reducer:
         _add(st.pods_by_node, node, uid)
         _add(st.pods_by_namespace, namespace, uid)
         _add(st.pods_by_owner, owner_uid, uid)
-        st.index_pod_labels(namespace, uid, st.selected_labels(namespace, meta.labels))
-        for key in services:
-            st.services[key[1]].pods.add(uid)
+        labels = st.selected_labels(namespace, meta.labels)
+        if labels:
+            st.index_pod_labels(namespace, uid, labels)
         touched = out.touched
         st.reference(node, owner_keys, touched)
-        st.reference(node, services, touched)
+        if services:
+            for key in services:
+                st.services[key[1]].pods.add(uid)
+            st.reference(node, services, touched)
         if node:
             touched.append((node, entry.key))
         if out.changed is not None:
@@ -174,7 +177,8 @@ class Reducer:
         touched = out.touched
         if node != old_node:
             st.unreference(old_node, entry.owner_keys, touched)
-            st.unreference(old_node, entry.services, touched)
+            if entry.services:
+                st.unreference(old_node, entry.services, touched)
             _discard(st.pods_by_node, old_node, uid)
             _add(st.pods_by_node, node, uid)
             entry.node = node
@@ -193,7 +197,8 @@ class Reducer:
             refs_changed = True
         if node != old_node:
             st.reference(node, owner_keys, touched)
-            st.reference(node, entry.services, touched)
+            if entry.services:
+                st.reference(node, entry.services, touched)
         elif refs_changed:
             st.unreference(node, lost, touched)
             st.reference(node, gained, touched)
@@ -214,12 +219,14 @@ class Reducer:
         _discard(st.pods_by_namespace, entry.namespace, uid)
         _discard(st.pods_by_owner, entry.owner_uid, uid)
         labels = st.selected_labels(entry.namespace, entry.pod.metadata.labels)
-        st.unindex_pod_labels(entry.namespace, uid, labels)
-        for key in entry.services:
-            st.services[key[1]].pods.discard(uid)
+        if labels:
+            st.unindex_pod_labels(entry.namespace, uid, labels)
         touched = out.touched
         st.unreference(entry.node, entry.owner_keys, touched)
-        st.unreference(entry.node, entry.services, touched)
+        if entry.services:
+            for key in entry.services:
+                st.services[key[1]].pods.discard(uid)
+            st.unreference(entry.node, entry.services, touched)
         if entry.node:
             touched.append((entry.node, entry.key))
         if out.changed is not None:

@@ -92,8 +92,8 @@ def render_refs(refs: Refs) -> bytes:
 def _list(uids: tuple[str, ...]) -> bytes:
     """A ListOfStrings message. UIDs are ASCII of one length (36): then one ``str.join`` in C
     builds it, one item per UID prefixed with its tag and length (a Pod selected by thousands
-    of Services renders at C speed); any other list item by item."""
-    if uids:
+    of Services renders at C speed); short or other lists item by item."""
+    if len(uids) > 8:  # (a few are cheaper item by item)
         size = len(uids[0])
         if size < 0x80 and len(set(map(len, uids))) == 1:
             separator = "\n" + chr(size)  # _LIST_ITEM, then the one-byte varint length

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Final
 
 import trio
@@ -173,7 +172,7 @@ class Hub:
                 if reason == "Delete" and latest[key] is not edit:  # deleted, then re-created
                     assert edit.old is not None
                     change = object_change("Delete", edit.kind, edit.old, None, now)
-                offer(replace(change, reason=reason, cause_version=cause_version, initial=initial))
+                offer(_caused(change, reason, cause_version, initial))
             first = stop
 
     def subscribe(self, node: str, kinds: frozenset[str]) -> Mailbox:
@@ -193,6 +192,28 @@ class Hub:
     def take(self, mailbox: Mailbox, max_bytes: int) -> list[Outgoing]:
         """The next messages for ``mailbox``'s subscriber, from the current state."""
         return mailbox.take(self.state, max_bytes)
+
+
+def _caused(
+    change: ObjectChange, reason: Reason, cause_version: str, initial: bool
+) -> ObjectChange:
+    """``change`` as offered for one edit (positional: ~5x cheaper than dataclasses.replace)."""
+    c = change
+    return ObjectChange(
+        reason,
+        c.kind,
+        c.uid,
+        c.namespace,
+        c.name,
+        c.node,
+        c.meta,
+        c.status,
+        c.refs,
+        c.observed_at,
+        c.version,
+        cause_version,
+        initial,
+    )
 
 
 def _key(edit: Edit) -> Key:

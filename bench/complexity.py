@@ -230,7 +230,7 @@ def measure(scenario: Scenario, n: int, count: int) -> Measured:
         mailbox.take(reducer.state, 1 << 40)
     ready: set[Mailbox] = set()
     for mailbox in mailboxes:
-        mailbox.on_ready = functools.partial(ready.add, mailbox)
+        mailbox.wake_with(functools.partial(ready.add, mailbox))
     stream = list(scenario.changes(n, count))
     freeze_heap()  # as the collector does once synced: the state out of the cyclic GC's sight
     state = reducer.state

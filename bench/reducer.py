@@ -176,7 +176,7 @@ def main() -> None:
     sent_total = 0
     ready: set[Mailbox] = set()  # woken mailboxes, as the gRPC layer's on_ready wakes senders
     for mailbox in mailboxes:
-        mailbox.on_ready = functools.partial(ready.add, mailbox)
+        mailbox.wake_with(functools.partial(ready.add, mailbox))
     for _ in range(args.runs):
         applied, elapsed, decode_s = 0, 0.0, 0.0
         while applied < args.changes:

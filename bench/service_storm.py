@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,22 +26,14 @@ import time
 
 import grpc
 import httpx
+from _common import cpu_seconds, emulator_command
 
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS
+from metacollector.testing import collector_command, free_port
 
-FALCO = ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
+FALCO = FALCO_KINDS
 TOKEN = "storm-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def storm_role(args: argparse.Namespace) -> None:
@@ -153,22 +143,8 @@ def main() -> None:
         return proc
 
     try:
-        emulator = spawn(
-            "-m",
-            "metacollector.cli",
-            "emulator",
-            "--listen",
-            f"127.0.0.1:{api}",
-            "--plain-http",
-            "--token",
-            TOKEN,
-            "--write-kubeconfig",
-            str(kubeconfig),
-            "--nodes",
-            "4",
-            "--pods-per-node",
-            "30",
-        )
+        # spawn() runs its argv with sys.executable: the shared commands without it
+        emulator = spawn(*emulator_command(api, kubeconfig, 4, 30, token=TOKEN)[1:])
         assert emulator.stdout is not None
         emulator.stdout.readline()  # "emulator listening on ..."
         url = f"http://127.0.0.1:{api}"
@@ -187,19 +163,7 @@ def main() -> None:
         for i in range(args.pods):
             pod(f"sel-{i}", "node-0", {"app": "storm"})
         pod("canary", "node-1", {"app": "canary", "rev": "0"})
-        collector = spawn(
-            "-m",
-            "metacollector.cli",
-            "run",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--broker-bind-address",
-            f"127.0.0.1:{grpc_port}",
-            "--metrics-bind-address",
-            f"127.0.0.1:{metrics_port}",
-            "--health-probe-bind-address",
-            f"127.0.0.1:{health_port}",
-        )
+        collector = spawn(*collector_command(kubeconfig, grpc_port, metrics_port, health_port)[1:])
         probe = httpx.Client(base_url=f"http://127.0.0.1:{health_port}", timeout=5)
         deadline = time.monotonic() + 60
         while True:

@@ -385,9 +385,10 @@ async def test_service_storm_keeps_subscribers_probes_and_sigterm_live(emulator)
 _DRAIN = """
 import sys, grpc
 from metacollector.proto import metadata_pb2 as pb
+from metacollector.subscriptions import FALCO_KINDS
 channel = grpc.insecure_channel(sys.argv[1])
 watch = channel.unary_stream("/metadata.Metadata/Watch", request_serializer=pb.Selector.SerializeToString)
-kinds = ["Pod", "Namespace", "Deployment", "Service", "ReplicaSet", "ReplicaController"]
+kinds = FALCO_KINDS
 messages = size = 0
 try:
     for raw in watch(pb.Selector(nodeName=sys.argv[2], resourceKinds={k: "" for k in kinds})):

@@ -18,7 +18,7 @@ import tracemalloc
 import uuid
 
 from metacollector.departures import DEFAULT_MAX_ENTRIES, DepartureLog
-from metacollector.state import Key
+from metacollector.events import Key
 
 BATCH = 100  # departures per record() call, as the hub records one reflector batch
 

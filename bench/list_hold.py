@@ -35,13 +35,13 @@ async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[st
     cfg = load_kubeconfig(str(kubeconfig))
     deltas = 0
 
-    async def drain(receive: trio.MemoryReceiveChannel[Sequence[Delta[Any]]]) -> None:
+    async def drain(receive: trio.MemoryReceiveChannel[Sequence[Delta]]) -> None:
         nonlocal deltas
         async for batch in receive:
             deltas += len(batch)
 
     async with make_client(cfg) as client, trio.open_nursery() as nursery:
-        send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](16)
+        send, receive = trio.open_memory_channel[Sequence[Delta]](16)
         reflectors: list[Reflector[Any]] = [
             Reflector(
                 client,

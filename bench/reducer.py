@@ -25,6 +25,7 @@ import msgspec
 from _common import report
 
 from metacollector import allocator
+from metacollector.events import Outcome, WatchType
 from metacollector.gcpolicy import freeze_heap
 from metacollector.model import (
     Metadata,
@@ -37,7 +38,7 @@ from metacollector.model import (
     ServiceSpec,
     decode,
 )
-from metacollector.reducer import ChangeType, Reducer
+from metacollector.reducer import Reducer
 from metacollector.subscriptions import FALCO_KINDS, Mailbox, Subscriptions, selected_kinds
 
 FALCO = selected_kinds(FALCO_KINDS)
@@ -104,7 +105,7 @@ def build(nodes: int, pods_per_node: int, rng: random.Random) -> tuple[Reducer, 
 _encode = msgspec.json.Encoder().encode
 
 
-def _change(pods: list[Pod], rng: random.Random, nodes: int) -> list[tuple[ChangeType, bytes]]:
+def _change(pods: list[Pod], rng: random.Random, nodes: int) -> list[tuple[WatchType, bytes]]:
     """One random change to a random pod (its JSON watch objects); updates ``pods``."""
     k = rng.randrange(len(pods))
     pod = pods[k]
@@ -175,7 +176,7 @@ def main() -> None:
     sent_total = 0
     ready: set[Mailbox] = set()  # woken mailboxes, as the gRPC layer's on_ready wakes senders
     for mailbox in mailboxes:
-        mailbox.on_ready = functools.partial(ready.add, mailbox)
+        mailbox.wake_with(functools.partial(ready.add, mailbox))
     for _ in range(args.runs):
         applied, elapsed, decode_s = 0, 0.0, 0.0
         while applied < args.changes:
@@ -185,8 +186,10 @@ def main() -> None:
             t0 = time.process_time()
             batch = [(change_type, decode("Pod", line)) for change_type, line in lines]
             t1 = time.process_time()
+            out = Outcome([], None)  # as the hub applies a slice: touched routed once
             for change_type, obj in batch:
-                subs.route(reducer.apply(change_type, "Pod", obj), 0.0)
+                reducer.apply(change_type, "Pod", obj, out)
+            subs.route(out.touched, 0.0)
             for mailbox in ready:
                 sent_total += len(mailbox.take(reducer.state, 1 << 20))
             ready.clear()

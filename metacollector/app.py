@@ -13,7 +13,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -26,6 +25,7 @@ from metacollector.cloudevents import (
     settings_from_env,
 )
 from metacollector.departures import DepartureLog
+from metacollector.events import Delta
 from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
@@ -40,7 +40,7 @@ from metacollector.kube.leader import ElectionConfig, default_identity, run_elec
 from metacollector.kube.reflector import Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.log import BROKER_LOGGER, configure_logging
-from metacollector.model import KIND_TYPES, intern_strings
+from metacollector.model import KIND_TYPES, Object, intern_strings
 from metacollector.settings import Settings
 from metacollector.tlsreload import Reloaded
 
@@ -58,7 +58,7 @@ class Running:
     grpc_port: int
     metrics_port: int | None
     health_port: int | None
-    reflectors: Sequence[Reflector[Any]]
+    reflectors: Sequence[Reflector[Object]]
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     grpc: GrpcServer | None = None  # its own figures (request bytes held, frame counters)
 
@@ -68,7 +68,7 @@ def default_source(cfg: KubeConfig) -> str:
 
 
 async def freeze_heap_once_synced(
-    reflectors: Sequence[Reflector[Any]], pending: trio.MemoryReceiveChannel[Any]
+    reflectors: Sequence[Reflector[Object]], pending: trio.MemoryReceiveChannel[Sequence[Delta]]
 ) -> None:
     """After the first full sync reached the hub, take the state out of the cyclic GC's sight."""
     for reflector in reflectors:
@@ -138,7 +138,7 @@ async def serve(
         ),
     )
     async with make_client(cfg) as client, trio.open_nursery() as nursery:
-        send, receive = trio.open_memory_channel[Sequence[Any]](16)
+        send, receive = trio.open_memory_channel[Sequence[Delta]](16)
         reflectors = [
             Reflector(
                 client,

@@ -39,6 +39,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from metacollector import metrics
 from metacollector.changes import ObjectChange
+from metacollector.events import Delta
 from metacollector.kube.leader import Callbacks, LeaseRecord
 
 log = logging.getLogger("metacollector.cloudevents")
@@ -273,7 +274,7 @@ class CloudEventsSink:
         if self.role is Role.LEADING:
             self._admit(change, cause, live=True)
 
-    def progress(self, deltas: Sequence[Any]) -> None:
+    def progress(self, deltas: Sequence[Delta]) -> None:
         """The hub applied these watch events: the watermark may pass them even where they
         changed nothing we send (else a first list would see them above it)."""
         for delta in deltas:

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:  # the flags' defaults are read from here; keep this module light to import
-    from metacollector.state import Key
+    from metacollector.events import Key
 
 PLUGIN_MAX_BACKOFF: Final = 120.0  # k8smeta's reconnect backoff: 2 s doubling, capped here
 DEFAULT_WINDOW: Final = 600.0

@@ -1,334 +1,359 @@
-"""The reducer: apply one cluster change to ClusterState, say which node views it touched.
+"""The reducer: apply one cluster change to ClusterState, say what it touched and changed.
 
-Pure and deterministic. ``apply`` returns every (node, key) whose presence in ``view(node)`` or
-whose rendered event may have changed; mailboxes re-evaluate those keys against the state when
-they send (level-triggered), so over-reporting costs a comparison, never a wrong event.
+Pure and deterministic. ``apply`` returns an ``Outcome``: every (node, key) whose presence in
+``view(node)`` or whose rendered event may have changed, and every object whose cluster-wide
+rendering changed. Mailboxes re-evaluate the touched keys against the state when they send
+(level-triggered), so over-reporting costs a comparison, never a wrong event; what to do with
+either list is the hub's business.
 Owners are resolved through ownerReferences (not name prefixes), and a referenced object leaves
 a node's view when its last referencing pod there goes (SPEC section 2's deliberate fixes).
+
+Cost: linear in what a change changes. A pod change costs its own refs and the label keys
+Services select on; a Service change costs the pods it selected and selects (found through the
+label index, never by scanning the namespace), one set operation each, except that the first
+Service selecting on a label key new to its namespace indexes that namespace's pods under the
+key, once; a Namespace or ReplicaSet change costs the pods whose owner refs it changes. No path
+compares a pod's Service list item by item: the sorted UIDs are rendered once, when the pod's
+event is next needed (``ClusterState.event_body``). tests/core/test_cost.py counts it;
+bench/complexity.py measures it.
+
+Departures (for the departure log): with ``track_departures``, each (node, key) is appended to
+``departed`` at the moment it leaves ``view(node)``; exact, unlike ``touched``, and recorded at
+the four places where a view shrinks: a pod deleted, a pod moved off a node, a referenced key's
+pod count on a node reaching 0 while its object exists (``ClusterState.unreference``), and a
+non-pod object deleted (it leaves every node that referenced it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
 
-import msgspec
-
-from metacollector.changes import ObjectChange, Reason
+from metacollector.events import Edit, Key, NodeKey, Outcome, WatchType
 from metacollector.model import Object, Pod, Service, same_content
-from metacollector.render import render_meta, render_refs, render_status
-from metacollector.state import ClusterState, Key, PodEntry, index_label
+from metacollector.state import ClusterState, PodEntry, ServiceEntry, pod_services
 
-ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
-Touched = list[tuple[str, Key]]
+_NO_LABELS: dict[str, str] = {}
 
 
-@dataclass
 class Reducer:
-    state: ClusterState = field(default_factory=ClusterState)
-    track_changes: bool = False  # collect cluster-wide ObjectChanges (for the CloudEvents sink)
-    changes: list[ObjectChange] = field(default_factory=list)
-    # Collect each (node, key) at the moment it leaves view(node) (for the departure log);
-    # exact, unlike ``touched``, and appended only where a view shrinks.
-    track_departures: bool = False
-    departed: list[tuple[str, Key]] = field(default_factory=list)
-    now: float = 0.0  # caller's clock, stamped on ObjectChanges
-    cause_version: str = ""  # the applied delta's resourceVersion, stamped on ObjectChanges
-    initial: bool = False  # whether the applied delta comes from a reflector's first list
+    def __init__(self, state: ClusterState | None = None, track_departures: bool = False) -> None:
+        self.state = state if state is not None else ClusterState()
+        self.departed: list[NodeKey] = []  # filled only with ``track_departures``
+        # What ``ClusterState.unreference`` appends departures to: None when not tracking.
+        self._departed: list[NodeKey] | None = self.departed if track_departures else None
 
-    def apply(self, change_type: ChangeType, kind: str, obj: Object) -> Touched:
-        """Apply one change; return the (node, key) pairs it touched."""
+    def apply(
+        self, change_type: WatchType, kind: str, obj: Object, out: Outcome | None = None
+    ) -> Outcome:
+        """Apply one change; return the (node, key) pairs it touched and what it changed,
+        appended to ``out`` when given (the hub passes one per slice: nothing allocated per
+        change; with ``out.changed`` None, what changed is not recorded)."""
+        if out is None:
+            out = Outcome([], [])
         if kind == "Pod":
             # Pods live in ``state.pods`` only: one lookup per change (the state is far larger
             # than the CPU caches, so each lookup of a cold object costs more than the Python).
             pod_uid = obj.metadata.uid
             entry = self.state.pods.get(pod_uid)
             if change_type == "DELETED":
-                return self._delete_pod(pod_uid, entry) if entry is not None else []
+                if entry is not None:
+                    self._delete_pod(pod_uid, entry, out)
+                return out
             assert isinstance(obj, Pod)
             if entry is None:
-                return self._add_pod(pod_uid, obj)
-            return self._update_pod(pod_uid, entry, obj)
+                self._add_pod(pod_uid, obj, out)
+            else:
+                self._update_pod(pod_uid, entry, obj, out)
+            return out
+        st = self.state
         uid = obj.metadata.uid
-        objects = self.state.objects[kind]
+        objects = st.objects[kind]
         old = objects.get(uid)
         if change_type == "DELETED":
             if old is None:
-                return []
+                return out
             new: Object | None = None
+            del objects[uid]
         else:
             new = obj
+            objects[uid] = new
             if old is not None and same_content(old, new):
-                objects[uid] = new  # keep the newest resourceVersion
-                return []
-        touched: Touched = []
-        self._set(kind, uid, new)
-        self._touch_key((kind, uid), touched)
-        if new is None:
-            self._depart_everywhere((kind, uid))
-        self._record(kind, old, new)
+                return out  # kept the newest resourceVersion; nothing we use changed
+        key = (kind, uid)
+        st.invalidate(key)
+        st.touch(key, out.touched)
+        if new is None and self._departed is not None:
+            # deleted: it leaves the view of every node whose pods refer to it (before the
+            # refreshes below unreference it, which report no departure for an absent object)
+            self._departed.extend((node, key) for node in st.key_nodes.get(key, ()))
+        if out.changed is not None:
+            out.changed.append(Edit(kind, old, new))
         if kind == "Namespace":
-            name = (new or old).metadata.name  # type: ignore[union-attr]
-            old_uid = self.state.namespace_uids.get(name)
+            name = obj.metadata.name  # one uid, one name
+            old_uid = st.namespace_uids.get(name)
             if new is None:
                 if old_uid == uid:
-                    del self.state.namespace_uids[name]
+                    del st.namespace_uids[name]
             else:
-                self.state.namespace_uids[name] = uid
-            if self.state.namespace_uids.get(name) != old_uid:
-                self._refresh_pods(self.state.pods_by_namespace.get(name, ()), touched)
+                st.namespace_uids[name] = uid
+            if st.namespace_uids.get(name) != old_uid:
+                self._refresh_owner_refs(st.pods_by_namespace.get(name, ()), out)
         elif kind == "ReplicaSet":
             old_owner = old.metadata.controller() if old else None
             new_owner = new.metadata.controller() if new else None
             if old is None or new is None or old_owner != new_owner:
-                self._refresh_pods(self.state.pods_by_owner.get(uid, ()), touched)
+                self._refresh_owner_refs(st.pods_by_owner.get(uid, ()), out)
         elif kind == "Service":
-            self._index_service(uid, old, new)
-            old_sel = old.spec.selector if isinstance(old, Service) else None
-            new_sel = new.spec.selector if isinstance(new, Service) else None
-            if old is None or new is None or old_sel != new_sel:
-                namespace = (new or old).metadata.namespace  # type: ignore[union-attr]
-                self._refresh_pods(self.state.pods_by_namespace.get(namespace, ()), touched)
-        return touched
+            self._reselect(uid, old, new, out)
+        return out
 
     # --- pods ------------------------------------------------------------------------------
-    def _add_pod(self, uid: str, pod: Pod) -> Touched:
+    def _add_pod(self, uid: str, pod: Pod, out: Outcome) -> None:
         st = self.state
-        meta, node = pod.metadata, pod.spec.nodeName
-        services = st.matching_services(pod)
-        refs, related = st.pod_refs(pod, services)
+        meta, node, namespace = pod.metadata, pod.spec.nodeName, pod.metadata.namespace
+        owner_refs, owner_keys = st.owner_refs(pod)
         owner = meta.controller()
         owner_uid = owner.uid if owner is not None else ""
-        key: Key = ("Pod", uid)
-        st.pods[uid] = PodEntry(
-            key, pod, node, meta.namespace, owner_uid, refs, related, services, render_refs(refs)
+        services = st.matching_services(pod)
+        entry = PodEntry(
+            ("Pod", uid),
+            pod,
+            node,
+            namespace,
+            owner_uid,
+            owner_refs,
+            owner_keys,
+            pod_services(services),
         )
+        st.pods[uid] = entry
         _add(st.pods_by_node, node, uid)
-        _add(st.pods_by_namespace, meta.namespace, uid)
+        _add(st.pods_by_namespace, namespace, uid)
         _add(st.pods_by_owner, owner_uid, uid)
-        touched: Touched = []
-        self._move_refs("", (), node, related, touched)
+        labels = st.selected_labels(namespace, meta.labels)
+        if labels:
+            st.index_pod_labels(namespace, uid, labels)
+        touched = out.touched
+        st.reference(node, owner_keys, touched)
+        if services:
+            for key in services:
+                st.services[key[1]].pods.add(uid)
+            st.reference(node, services, touched)
         if node:
-            touched.append((node, key))
-        self._record("Pod", None, pod)
-        return touched
+            touched.append((node, entry.key))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", None, pod))
 
-    def _update_pod(self, uid: str, entry: PodEntry, new: Pod) -> Touched:
-        """Each field is compared once; what a change cannot alter is reused from ``entry``."""
+    def _update_pod(self, uid: str, entry: PodEntry, new: Pod, out: Outcome) -> None:
+        """Each field is compared once; what a change cannot alter is kept in ``entry``."""
         st = self.state
         old = entry.pod
         a, b = old.metadata, new.metadata
         node, old_node = new.spec.nodeName, entry.node
-        # The namespace/owner part of the refs is the entry's (kept current by the reducer)
-        # unless the pod's namespace or ownerReferences changed.
-        same_owners = a.ownerReferences == b.ownerReferences and a.namespace == b.namespace
-        same_labels = a.labels == b.labels
+        owners_kept = a.ownerReferences == b.ownerReferences and a.namespace == b.namespace
+        labels_kept = a.labels == b.labels
         # What the rendered event depends on besides labels and refs (it has no node in it).
-        same_rest = (
+        rest_kept = (
             old.status == new.status and a.name == b.name and a.generateName == b.generateName
         )
-        if same_owners and same_labels and same_rest and node == old_node:
-            entry.pod = new  # nothing we use changed; keep the newest resourceVersion
-            return []
-        # Services change only through Service changes (which refresh the pods they select),
-        # so while the labels stand, so do the selecting Services.
-        services = entry.services if same_owners and same_labels else st.matching_services(new)
-        if same_owners and services == entry.services:
-            # Refs depend on the owners and the selecting Services only (and on other objects,
-            # whose changes refresh them): a move, an IP change or most relabels keep them.
-            refs, related, owner_uid = entry.refs, entry.related, entry.owner_uid
-            encoded_refs = entry.encoded_refs
-            body = entry.body if same_labels and same_rest else None
-        else:
-            refs, related = st.pod_refs(new, services, entry if same_owners else None)
+        entry.pod = new  # at least the newest resourceVersion
+        if owners_kept and labels_kept and rest_kept and node == old_node:
+            return
+        refs_changed = False
+        owner_keys = entry.owner_keys
+        if not owners_kept:
+            owner_refs, owner_keys = st.owner_refs(new)
+            refs_changed = owner_refs != entry.owner_refs
+            entry.owner_refs = owner_refs
             owner = b.controller()
             owner_uid = owner.uid if owner is not None else ""
-            encoded_refs = entry.encoded_refs if entry.refs == refs else render_refs(refs)
-            body = None
-        key = entry.key
-        st.pods[uid] = PodEntry(
-            key, new, node, b.namespace, owner_uid, refs, related, services, encoded_refs, body
-        )
-        if old_node != node:
-            _discard(st.pods_by_node, old_node, uid)
-            _add(st.pods_by_node, node, uid)
-        if entry.namespace != b.namespace:
+            if owner_uid != entry.owner_uid:
+                _discard(st.pods_by_owner, entry.owner_uid, uid)
+                _add(st.pods_by_owner, owner_uid, uid)
+                entry.owner_uid = owner_uid
+        # Services change only through Service changes (which update the pods they select) and
+        # through the pod's own labels and namespace.
+        lost: Sequence[Key] = ()
+        gained: Sequence[Key] = ()
+        if a.namespace != b.namespace:
             _discard(st.pods_by_namespace, entry.namespace, uid)
             _add(st.pods_by_namespace, b.namespace, uid)
-        if entry.owner_uid != owner_uid:
-            _discard(st.pods_by_owner, entry.owner_uid, uid)
-            _add(st.pods_by_owner, owner_uid, uid)
-        touched: Touched = []
-        if old_node != node or entry.related != related:
-            self._move_refs(old_node, entry.related, node, related, touched)
+            st.unindex_pod_labels(a.namespace, uid, st.selected_labels(a.namespace, a.labels))
+            st.index_pod_labels(b.namespace, uid, st.selected_labels(b.namespace, b.labels))
+            entry.namespace = b.namespace
+            now = set(st.matching_services(new))
+            lost = [key for key in entry.services if key not in now]
+            gained = [key for key in now if key not in entry.services]
+        elif not labels_kept:
+            lost, gained = st.relabel_pod(
+                entry, new, a.labels or _NO_LABELS, b.labels or _NO_LABELS
+            )
+        touched = out.touched
+        if node != old_node:
+            st.unreference(old_node, entry.owner_keys, touched, self._departed)
+            if entry.services:
+                st.unreference(old_node, entry.services, touched, self._departed)
+            _discard(st.pods_by_node, old_node, uid)
+            _add(st.pods_by_node, node, uid)
+            entry.node = node
+        elif owner_keys != entry.owner_keys:
+            st.unreference(
+                node, [k for k in entry.owner_keys if k not in owner_keys], touched, self._departed
+            )
+            st.reference(node, [k for k in owner_keys if k not in entry.owner_keys], touched)
+        entry.owner_keys = owner_keys
+        services = st.services
+        for key in lost:
+            entry.remove_service(key)
+            services[key[1]].pods.discard(uid)
+            refs_changed = True
+        for key in gained:
+            entry.add_service(key)
+            services[key[1]].pods.add(uid)
+            refs_changed = True
+        if node != old_node:
+            st.reference(node, owner_keys, touched)
+            if entry.services:
+                st.reference(node, entry.services, touched)
+        elif refs_changed:
+            st.unreference(node, lost, touched, self._departed)
+            st.reference(node, gained, touched)
+        if refs_changed or not labels_kept or not rest_kept:
+            entry.invalidate(refs=refs_changed)
+        key = entry.key
         if old_node:
             touched.append((old_node, key))
-            if node != old_node:
-                self._depart(old_node, key)
+            if node != old_node and self._departed is not None:
+                self._departed.append((old_node, key))  # moved off ``old_node``
         if node and node != old_node:
             touched.append((node, key))
-        self._record("Pod", old, new)
-        return touched
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", old, new))
 
-    def _delete_pod(self, uid: str, entry: PodEntry) -> Touched:
+    def _delete_pod(self, uid: str, entry: PodEntry, out: Outcome) -> None:
         st = self.state
         del st.pods[uid]
         _discard(st.pods_by_node, entry.node, uid)
         _discard(st.pods_by_namespace, entry.namespace, uid)
         _discard(st.pods_by_owner, entry.owner_uid, uid)
-        touched: Touched = []
+        labels = st.selected_labels(entry.namespace, entry.pod.metadata.labels)
+        if labels:
+            st.unindex_pod_labels(entry.namespace, uid, labels)
+        touched = out.touched
+        st.unreference(entry.node, entry.owner_keys, touched, self._departed)
+        if entry.services:
+            for key in entry.services:
+                st.services[key[1]].pods.discard(uid)
+            st.unreference(entry.node, entry.services, touched, self._departed)
         if entry.node:
-            self._move_refs(entry.node, entry.related, "", (), touched)
             touched.append((entry.node, entry.key))
-            self._depart(entry.node, entry.key)
-        self._record("Pod", entry.pod, None)
-        return touched
+            if self._departed is not None:
+                self._departed.append((entry.node, entry.key))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", entry.pod, None))
 
-    def _refresh_pods(self, uids: set[str] | tuple[()], touched: Touched) -> None:
-        """Recompute the refs of pods whose referenced objects changed."""
+    def _refresh_owner_refs(self, uids: Iterable[str], out: Outcome) -> None:
+        """Recompute the owner refs of pods whose Namespace or ReplicaSet changed: one pod at
+        a time, its Services untouched."""
         st = self.state
-        for uid in list(uids):
+        touched = out.touched
+        uids = list(uids)
+        st.ops += len(uids)
+        for uid in uids:
             entry = st.pods[uid]
-            pod = entry.pod
-            services = st.matching_services(pod)
-            refs, related = st.pod_refs(pod, services)
-            if refs == entry.refs and related == entry.related:
+            owner_refs, owner_keys = st.owner_refs(entry.pod)
+            if owner_refs == entry.owner_refs and owner_keys == entry.owner_keys:
                 continue
-            st.pods[uid] = msgspec.structs.replace(
-                entry,
-                refs=refs,
-                related=related,
-                services=services,
-                encoded_refs=render_refs(refs),
-                body=None,
+            node, old_keys = entry.node, entry.owner_keys
+            st.unreference(
+                node, [k for k in old_keys if k not in owner_keys], touched, self._departed
             )
-            self._move_refs(entry.node, entry.related, entry.node, related, touched)
-            if entry.node:
-                touched.append((entry.node, entry.key))
-            self._record("Pod", pod, pod)
+            st.reference(node, [k for k in owner_keys if k not in old_keys], touched)
+            entry.owner_refs, entry.owner_keys = owner_refs, owner_keys
+            entry.invalidate(refs=True)
+            if node:
+                touched.append((node, entry.key))
+            if out.changed is not None:
+                out.changed.append(Edit("Pod", entry.pod, entry.pod))
 
-    def _move_refs(
-        self,
-        old_node: str,
-        old_related: tuple[Key, ...],
-        new_node: str,
-        new_related: tuple[Key, ...],
-        touched: Touched,
-    ) -> None:
-        """Move one pod's references from (old node, old keys) to (new node, new keys).
-
-        ``key_nodes[key][node]`` counts the pods on ``node`` that reference ``key``; a key
-        enters a node's view when its count becomes 1 and leaves it when the count reaches 0.
-        Unscheduled pods (node "") reference nothing.
-        """
-        if not old_node:
-            old_related = ()
-        if not new_node:
-            new_related = ()
-        if old_node == new_node:
-            removed: Sequence[Key] = [k for k in old_related if k not in new_related]
-            added: Sequence[Key] = [k for k in new_related if k not in old_related]
-        else:
-            removed, added = old_related, new_related
-        key_nodes = self.state.key_nodes
-        for key in removed:
-            nodes = key_nodes[key]
-            count = nodes[old_node] - 1
-            if count:
-                nodes[old_node] = count
-                continue
-            del nodes[old_node]
-            if not nodes:
-                del key_nodes[key]
-            touched.append((old_node, key))
-            if key[1] in self.state.objects[key[0]]:  # an absent object was in no view
-                self._depart(old_node, key)
-        for key in added:
-            counts = key_nodes.get(key)
-            if counts is None:
-                counts = key_nodes[key] = {}
-            count = counts.get(new_node, 0)
-            counts[new_node] = count + 1
-            if not count:
-                touched.append((new_node, key))
-
-    # --- departures (the departure log's input) -------------------------------------------
-    def _depart(self, node: str, key: Key) -> None:
-        """``key`` just left ``view(node)``."""
-        if self.track_departures:
-            self.departed.append((node, key))
-
-    def _depart_everywhere(self, key: Key) -> None:
-        """``key``'s object was deleted: it leaves the view of every node whose pods refer to it."""
-        if self.track_departures:
-            self.departed.extend((node, key) for node in self.state.key_nodes.get(key, ()))
-
-    # --- everything else -------------------------------------------------------------------
-    def _set(self, kind: str, uid: str, new: Object | None) -> None:
-        if new is None:
-            self.state.objects[kind].pop(uid, None)
-        else:
-            self.state.objects[kind][uid] = new
-        self.state.bodies.pop((kind, uid), None)
-
-    def _touch_key(self, key: Key, touched: Touched) -> None:
-        for node in self.state.key_nodes.get(key, ()):
-            touched.append((node, key))
-
-    def _index_service(self, uid: str, old: Object | None, new: Object | None) -> None:
-        index = self.state.services_by_label
-        if isinstance(old, Service) and (label := index_label(old)) is not None:
-            in_namespace = index[old.metadata.namespace]
-            _discard(in_namespace, label, uid)
-            if not in_namespace:
-                del index[old.metadata.namespace]
-        if isinstance(new, Service) and (label := index_label(new)) is not None:
-            index.setdefault(new.metadata.namespace, {}).setdefault(label, set()).add(uid)
-
-    def _record(self, kind: str, old: Object | None, new: Object | None) -> None:
-        """Collect the cluster-wide change for the CloudEvents sink, when asked to."""
-        if not self.track_changes:
+    # --- Services --------------------------------------------------------------------------
+    def _reselect(self, uid: str, old: Object | None, new: Object | None, out: Outcome) -> None:
+        """Move a Service between the pods it selected and the pods it selects now: O(those
+        pods), each one set operation (no pod's other Services are looked at)."""
+        old_svc = old if isinstance(old, Service) else None
+        new_svc = new if isinstance(new, Service) else None
+        old_sel = old_svc.spec.selector if old_svc is not None else None
+        new_sel = new_svc.spec.selector if new_svc is not None else None
+        if (
+            old_svc is not None
+            and new_svc is not None
+            and old_sel == new_sel
+            and old_svc.metadata.namespace == new_svc.metadata.namespace
+        ):
             return
-        obj = new if new is not None else old
-        assert obj is not None
-        reason: Reason = "Create" if old is None else "Delete" if new is None else "Update"
-        meta = obj.metadata
-        status = refs = None
-        if isinstance(obj, Pod) and new is not None:
-            status = render_status(obj)
-            refs = {k: list(v) for k, v in self.state.pods[meta.uid].refs}
-        self.changes.append(
-            ObjectChange(
-                reason=reason,
-                kind=kind,
-                uid=meta.uid,
-                namespace=meta.namespace,
-                name=meta.name,
-                node=obj.spec.nodeName if isinstance(obj, Pod) else "",
-                meta=render_meta(kind, obj),
-                status=status,
-                refs=refs,
-                observed_at=self.now,
-                version=meta.resourceVersion,
-                cause_version=self.cause_version,
-                initial=self.initial,
-            )
-        )
+        st = self.state
+        entry = st.services.get(uid)
+        key: Key = entry.key if entry is not None else ("Service", uid)
+        before = entry.pods if entry is not None else set()
+        if old_svc is not None:
+            st.unindex_service(uid, old_svc)
+        if new_svc is not None and new_sel:
+            st.index_service(uid, new_svc)
+            after = st.selected_pods(new_svc)
+            if entry is None:
+                st.services[uid] = ServiceEntry(key, after)
+            else:
+                entry.pods = after
+        else:
+            after = set()
+            st.services.pop(uid, None)
+        st.ops += len(before) + len(after)
+        pods, touched, changed = st.pods, out.touched, out.changed
+        one = (key,)
+        for pod_uid in before:
+            if pod_uid in after:
+                continue
+            pod = pods[pod_uid]
+            pod.remove_service(key)
+            self._service_moved(pod, one, False, touched, changed)
+        for pod_uid in after:
+            if pod_uid in before:
+                continue
+            pod = pods[pod_uid]
+            pod.add_service(key)
+            self._service_moved(pod, one, True, touched, changed)
+
+    def _service_moved(
+        self,
+        entry: PodEntry,
+        keys: tuple[Key],
+        added: bool,
+        touched: list[NodeKey],
+        changed: list[Edit] | None,
+    ) -> None:
+        node = entry.node
+        if added:
+            self.state.reference(node, keys, touched)
+        else:
+            self.state.unreference(node, keys, touched, self._departed)
+        entry.invalidate(refs=True)
+        if node:
+            touched.append((node, entry.key))
+        if changed is not None:
+            changed.append(Edit("Pod", entry.pod, entry.pod))
 
 
 def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
     if key:
-        index.setdefault(key, set()).add(uid)
+        members = index.get(key)
+        if members is None:
+            index[key] = {uid}
+        else:
+            members.add(uid)
 
 
-def _discard(
-    index: dict[str, set[Key]] | dict[str, set[str]] | dict[tuple[str, str], set[str]],
-    key: Any,
-    item: object,
-) -> None:
+def _discard(index: dict[str, set[str]], key: str, uid: str) -> None:
     members = index.get(key)
     if members is not None:
-        members.discard(item)
+        members.discard(uid)
         if not members:
             del index[key]

@@ -20,9 +20,10 @@ from typing import Final
 import msgspec
 
 from metacollector.departures import DepartureLog
+from metacollector.events import Key
 from metacollector.model import KINDS
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
-from metacollector.state import ClusterState, Key
+from metacollector.state import ClusterState
 
 # The kinds Falco's k8smeta plugin asks for, in its spelling: "ReplicaController" (sic), which
 # we serve ReplicationControllers; it never asks for DaemonSets.
@@ -85,7 +86,7 @@ class Mailbox:
         out: list[Outgoing] = []
         size = 0
         dirty, sent, node = self.dirty, self.sent, self.node
-        current = state.current
+        current = state.event_body
         looked = 0
         for key, marked_at in dirty.items():
             looked += 1

@@ -13,13 +13,14 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import httpx
 import msgspec
 import trio
 
 from metacollector import metrics
+from metacollector.events import WATCH_TYPES, Delta, WatchType
 from metacollector.kube.auth import CredentialError
 from metacollector.kube.config import KubeConfigError
 from metacollector.kube.resources import INITIAL_EVENTS_END, Resource
@@ -27,6 +28,7 @@ from metacollector.kube.shapes import (
     Reason,
     accepted_kinds,
     checked_type,
+    kind_of,
     plain,
     refusal,
     undecodable,
@@ -40,35 +42,13 @@ from metacollector.kube.stream import (
     decode_status,
     missing,
 )
+from metacollector.model import Object
 
 log = logging.getLogger("metacollector.kube.reflector")
 
 
-class _Meta(Protocol):
-    @property
-    def uid(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def namespace(self) -> str: ...
-    @property
-    def resourceVersion(self) -> str: ...
-
-
-class _HasMeta(Protocol):
-    @property
-    def metadata(self) -> _Meta: ...
-
-
-T = TypeVar("T", bound=_HasMeta)
-
-
-@dataclass(frozen=True, slots=True)
-class Delta(Generic[T]):
-    type: Literal["ADDED", "MODIFIED", "DELETED"]
-    kind: str
-    obj: T
-    initial: bool = False  # from the reflector's first list: the object existed before we ran
+T = TypeVar("T", bound=Object)
+_WATCH_TYPE: dict[str, WatchType] = {t: t for t in WATCH_TYPES}
 
 
 class Expired(Exception):
@@ -125,9 +105,24 @@ class ListMeta(msgspec.Struct):
     continue_: str = msgspec.field(default="", name="continue")
 
 
+class Page(msgspec.Struct, Generic[T]):
+    """One page of a list response, its items decoded as ``T``."""
+
+    metadata: ListMeta = msgspec.field(default_factory=ListMeta)
+    items: list[T] | None = None
+
+
+class RawPage(msgspec.Struct):
+    """A list page whose items are kept undecoded (to decode them one by one)."""
+
+    metadata: ListMeta = msgspec.field(default_factory=ListMeta)
+    items: list[msgspec.Raw] | None = None
+
+
 def _retry_after(response: httpx.Response) -> float:
     try:
-        return max(0.0, float(response.headers.get("Retry-After", "1")))
+        values = response.headers.get_list("Retry-After")
+        return max(0.0, float(values[0] if values else "1"))
     except ValueError:
         return 1.0
 
@@ -150,7 +145,7 @@ class Reflector(Generic[T]):
         client: httpx.AsyncClient,
         resource: Resource,
         item_type: type[T],
-        out: trio.MemorySendChannel[Sequence[Delta[Any]]],
+        out: trio.MemorySendChannel[Sequence[Delta]],
         *,
         prepare: Callable[[T], T] | None = None,
         page_size: int = 500,
@@ -182,15 +177,17 @@ class Reflector(Generic[T]):
         self.item_type = item_type
         self._kinds = accepted_kinds(resource)
         checked = checked_type(item_type)
-        self._item = msgspec.json.Decoder(checked)
-        self._page = msgspec.json.Decoder(_page_type(checked))
-        self._raw_page = msgspec.json.Decoder(_page_type(msgspec.Raw))
+        self._item: msgspec.json.Decoder[T] = msgspec.json.Decoder(checked)
+        self._page: msgspec.json.Decoder[Page[T]] = msgspec.json.Decoder(
+            Page[checked]  # type: ignore[valid-type]
+        )
+        self._raw_page = msgspec.json.Decoder(RawPage)
         # upstream's labels: name=pod-collector..., type=create|update|delete (generic stays 0)
         self._counters = {
             t: metrics.API_SERVER_EVENTS.labels(
                 metrics.collector_name(self.kind), metrics.API_SERVER_SOURCE, label
             )
-            for t, label in (("ADDED", "create"), ("MODIFIED", "update"), ("DELETED", "delete"))
+            for t, label in zip(WATCH_TYPES, ("create", "update", "delete"), strict=True)
         }
 
     async def run(self) -> None:
@@ -243,7 +240,7 @@ class Reflector(Generic[T]):
             self._restart(why, delay)
             await trio.sleep(delay)
 
-    def _fields(self, **extra: Any) -> dict[str, Any]:
+    def _fields(self, **extra: object) -> dict[str, object]:
         return {"resource": self.resource.plural, "resourceVersion": self.rv, **extra}
 
     def _restart(self, cause: str, delay: float = 0.0) -> None:
@@ -284,27 +281,28 @@ class Reflector(Generic[T]):
                 items, cont = {}, ""
                 continue
             _check(response, response.content)
+            checked: Sequence[T]
             try:
                 page = self._page.decode(response.content)
-                checked = page.items or ()
+                meta, checked = page.metadata, page.items or ()
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                page, checked = self._page_items(response.content, exc)
+                meta, checked = self._page_items(response.content, exc)
             for item in checked:
                 obj = self._accept(item)
                 if obj is not None:
                     items[obj.metadata.uid] = obj
-            cont = page.metadata.continue_
+            cont = meta.continue_
             if not cont:
-                return items, page.metadata.resourceVersion
+                return items, meta.resourceVersion
 
-    def _page_items(self, content: bytes, error: Exception) -> tuple[Any, list[Any]]:
-        """A list page whose items did not all decode: the page, and the items that did (the
-        others refused). A page that is not a list at all is a MalformedResponse."""
+    def _page_items(self, content: bytes, error: Exception) -> tuple[ListMeta, list[T]]:
+        """A list page whose items did not all decode: its metadata, and the items that did
+        (the others refused). A page that is not a list at all is a MalformedResponse."""
         try:
             page = self._raw_page.decode(content)
         except (msgspec.DecodeError, UnicodeDecodeError):
             raise MalformedResponse(f"list page: {error}") from None
-        decoded = []
+        decoded: list[T] = []
         for raw in page.items or ():
             try:
                 decoded.append(self._item.decode(raw))
@@ -313,12 +311,12 @@ class Reflector(Generic[T]):
                 if reason is None:  # corrupt bytes, not a shape: fetch the page again
                     raise MalformedResponse(f"list page: {error}") from None
                 self._refuse(reason, error=str(exc)[:200])
-        return page, decoded
+        return page.metadata, decoded
 
-    def _accept(self, checked: Any) -> T | None:
+    def _accept(self, checked: T) -> T | None:
         """The model object of a decoded, kind-carrying object; None (refused) when it has a
         shape an API server never sends."""
-        reason = refusal(self.resource, self._kinds, checked.kind, checked)
+        reason = refusal(self.resource, self._kinds, kind_of(checked), checked)
         if reason is not None:
             meta = checked.metadata
             self._refuse(reason, uid=meta.uid, object_name=meta.name, namespace=meta.namespace)
@@ -326,7 +324,7 @@ class Reflector(Generic[T]):
         obj = plain(self.item_type, checked)
         return self.prepare(obj) if self.prepare else obj
 
-    def _refuse(self, reason: Reason, **fields: Any) -> None:
+    def _refuse(self, reason: Reason, **fields: object) -> None:
         """Count and report (rate-limited per resource and reason) one refused object."""
         metrics.OBJECTS_REFUSED.labels(self.resource.plural, reason.value).inc()
         log.warning("object refused", extra=self._fields(cause=reason.value, **fields))
@@ -335,11 +333,11 @@ class Reflector(Generic[T]):
         """Hand on the difference between the store and a fresh list; adopt the list."""
         store = self.store
         initial = not self.synced.is_set()
-        deltas: list[Delta[Any]] = []
+        deltas: list[Delta] = []
         for uid, obj in items.items():
             old = store.get(uid)
             if old is None:
-                deltas.append(Delta("ADDED", self.kind, obj, initial))
+                deltas.append(Delta("ADDED", self.kind, obj, initial=initial))
             elif old.metadata.resourceVersion != obj.metadata.resourceVersion:
                 deltas.append(Delta("MODIFIED", self.kind, obj))
         deltas.extend(
@@ -392,7 +390,7 @@ class Reflector(Generic[T]):
     async def _handle(
         self, lines: list[bytes], pending: dict[str, T] | None
     ) -> dict[str, T] | None:
-        batch: list[Delta[Any]] = []
+        batch: list[Delta] = []
         try:
             for line in lines:
                 try:
@@ -418,7 +416,8 @@ class Reflector(Generic[T]):
                         raise APIError(
                             f"watch ERROR {status.code} {status.reason}: {status.message}"
                         )
-                    if event.type not in ("ADDED", "MODIFIED", "DELETED"):
+                    watch_type = _WATCH_TYPE.get(event.type)
+                    if watch_type is None:
                         raise MalformedResponse(f"unknown event type {event.type!r}")
                 except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                     raise MalformedResponse(f"{exc}: {line[:200]!r}") from None
@@ -440,25 +439,14 @@ class Reflector(Generic[T]):
                 if pending is not None:  # still inside a streaming list's initial events
                     pending[uid] = obj
                     continue
-                if event.type == "DELETED":
+                if watch_type == "DELETED":
                     self.store.pop(uid, None)
                 else:
                     self.store[uid] = obj
                 self.rv = obj.metadata.resourceVersion or self.rv
-                self._counters[event.type].inc()
-                batch.append(Delta(event.type, self.kind, obj))  # type: ignore[arg-type]
+                self._counters[watch_type].inc()
+                batch.append(Delta(watch_type, self.kind, obj))
         finally:
             if batch:
                 await self.out.send(batch)
         return pending
-
-
-def _page_type(item_type: type[Any]) -> Any:
-    """A list response of ``item_type`` items."""
-    return msgspec.defstruct(
-        "Page",
-        [
-            ("metadata", ListMeta, msgspec.field(default_factory=ListMeta)),
-            ("items", list[item_type] | None, None),  # type: ignore[valid-type]
-        ],
-    )

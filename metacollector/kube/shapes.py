@@ -15,7 +15,7 @@ kind is accepted.
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import msgspec
 
@@ -53,21 +53,29 @@ class _Object(Protocol):
     def metadata(self) -> _Meta: ...
 
 
-T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
-def checked_type(item_type: type[object]) -> type[msgspec.Struct]:
-    """``item_type`` with a ``kind`` field, to decode objects whose kind is then checked."""
-    return msgspec.defstruct(
+def checked_type(item_type: type[S]) -> type[S]:
+    """``item_type`` with a ``kind`` field, to decode objects whose kind is then checked (a
+    subclass of ``item_type``, read with ``kind_of``)."""
+    checked = msgspec.defstruct(
         f"Checked{item_type.__name__}",
         [("kind", str, "")],
         bases=(item_type,),
         frozen=True,
         gc=False,
     )
+    return cast("type[S]", checked)
 
 
-def plain(item_type: type[T], checked: Any) -> T:
+def kind_of(checked: object) -> str:
+    """The ``kind`` an object decoded as a ``checked_type`` carried ("" when absent)."""
+    kind = getattr(checked, "kind", "")
+    return kind if isinstance(kind, str) else ""
+
+
+def plain(item_type: type[S], checked: S) -> S:
     """The model object of a decoded ``checked_type(item_type)`` (its fields minus ``kind``,
     which comes last)."""
     return item_type(*msgspec.structs.astuple(checked)[:-1])

@@ -125,7 +125,7 @@ async def test_watermark_stays_below_what_is_undelivered(nursery: trio.Nursery) 
     receiver.up = True
     await drained(sink, receiver, 5)
     assert sink.watermark() == 204
-    from metacollector.kube.reflector import Delta
+    from metacollector.events import Delta
     from metacollector.model import Metadata, ObjectMeta
 
     # a watch event that changed nothing we send (a Deployment's replicas) still passes it: a

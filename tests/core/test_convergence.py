@@ -5,11 +5,15 @@ table equals the naive oracle's view(node), and no stream rule was broken on the
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metacollector import state
 from metacollector.proto import metadata_pb2 as pb
+from tests.support import builders as b
 from tests.support import oracle
 from tests.support.harness import Core, Subscriber
 from tests.support.strategies import (
@@ -17,6 +21,8 @@ from tests.support.strategies import (
     kind_sets,
     other_change,
     pod_change,
+    wide_pod_change,
+    wide_service_change,
 )
 
 change = st.tuples(st.just("change"), st.one_of(pod_change(), other_change()))
@@ -39,6 +45,34 @@ step = st.one_of(
 def test_every_subscriber_converges_to_its_view(
     steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]
 ) -> None:
+    run_history(steps, tail)
+
+
+# Many Services over few label pairs (tests/support/strategies.py); with state._SMALL at 1
+# every pod's Services are a set.
+wide_change = st.tuples(st.just("change"), st.one_of(wide_pod_change(), wide_service_change()))
+wide_step = st.one_of(
+    wide_change,
+    wide_change,
+    wide_change,
+    st.tuples(st.just("drain"), st.tuples(st.integers(0, 20), st.sampled_from([1, 1 << 20]))),
+)
+
+
+@pytest.mark.parametrize("small", [1, 8])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(wide_step, min_size=10, max_size=80),
+    st.lists(st.tuples(st.just("change"), wide_service_change()), max_size=6),
+)
+def test_many_services_over_shared_labels_converge(
+    small: int, steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]
+) -> None:
+    with patch.object(state, "_SMALL", small):
+        run_history([("change", ("ADDED", "Namespace", b.namespace("a", "ns-a"))), *steps], tail)
+
+
+def run_history(steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]) -> None:
     core = Core()
     # Subscribers present from the start see every change after their sync; more join later.
     subs: list[Subscriber] = [core.subscribe(node) for node in NODES[:3]]

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metacollector.departures import DepartureLog, Evicted
+from metacollector.events import Key, WatchType
 from metacollector.model import Object
 from metacollector.proto import metadata_pb2 as pb
-from metacollector.reducer import ChangeType, Reducer
-from metacollector.state import Key
+from metacollector.reducer import Reducer
 from metacollector.subscriptions import Mailbox, Subscriptions, selected_kinds
 from tests.support import builders as b
 from tests.support import oracle
@@ -94,7 +94,7 @@ def views(reducer: Reducer) -> dict[str, set[Key]]:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(pod_change(), other_change()), min_size=5, max_size=80))
 def test_reducer_reports_exactly_the_keys_that_leave_a_view(
-    changes: list[tuple[ChangeType, str, Object]],
+    changes: list[tuple[WatchType, str, Object]],
 ) -> None:
     reducer = Reducer(track_departures=True)
     before = views(reducer)
@@ -126,8 +126,8 @@ class Collector:
     def __post_init__(self) -> None:
         self.subs = Subscriptions(self.reducer.state, self.log)
 
-    def apply(self, change_type: ChangeType, kind: str, obj: Object) -> None:
-        self.subs.route(self.reducer.apply(change_type, kind, obj), self.now)
+    def apply(self, change_type: WatchType, kind: str, obj: Object) -> None:
+        self.subs.route(self.reducer.apply(change_type, kind, obj).touched, self.now)
         self.log.record(self.reducer.departed, self.now)
         self.reducer.departed.clear()
 
@@ -278,8 +278,8 @@ def test_flags_reach_settings_and_defaults_are_the_logs() -> None:
 
 async def test_hub_records_departures_and_counts_them_in_metrics() -> None:
     from metacollector import metrics
+    from metacollector.events import Delta
     from metacollector.hub import Hub
-    from metacollector.kube.reflector import Delta
 
     def sample(name: str, labels: dict[str, str] | None = None) -> float:
         return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0

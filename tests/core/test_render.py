@@ -104,6 +104,16 @@ _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
 _long_text = st.text(alphabet=st.characters(codec="utf-8"), min_size=100, max_size=3000)
 
 
+# UIDs of one length, as real ones are (the one-join fast path of render._list), ASCII or not.
+_same_length = st.integers(0, 130).flatmap(
+    lambda n: st.lists(
+        st.text(alphabet=st.characters(max_codepoint=127), min_size=n, max_size=n)
+        | st.text(alphabet=st.characters(codec="utf-8"), min_size=n, max_size=n),
+        max_size=60,
+    )
+)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     kind=st.sampled_from(["Pod", "Namespace", "Service", "ReplicaSet"]),
@@ -111,7 +121,8 @@ _long_text = st.text(alphabet=st.characters(codec="utf-8"), min_size=100, max_si
     labels=st.dictionaries(_text, st.one_of(_text, _long_text), max_size=4),
     ip=_text,
     refs=st.dictionaries(
-        st.text(min_size=1, max_size=30), st.lists(st.one_of(_text, _long_text), max_size=60)
+        st.text(min_size=1, max_size=30),
+        st.one_of(st.lists(st.one_of(_text, _long_text), max_size=60), _same_length),
     ),
 )
 @example(kind="Pod", uid="", labels={}, ip="", refs={"0": [], "00": []})  # a key prefixing one
@@ -145,6 +156,22 @@ def test_hand_encoding_equals_upb_deterministic_serialization(
     assert delete_message(kind, uid) == (
         pb.Event(reason="Delete", uid=uid, kind=kind).SerializeToString(deterministic=True)
     )
+
+
+# UIDs of one length, as real ones are (the one-join fast path of render._list), ASCII or not.
+_same_length = st.integers(0, 130).flatmap(
+    lambda n: st.lists(
+        st.text(
+            alphabet=st.characters(
+                max_codepoint=st.sampled_from([127, 0x10FFFF]).example() if False else 127
+            ),
+            min_size=n,
+            max_size=n,
+        )
+        | st.text(alphabet=st.characters(codec="utf-8"), min_size=n, max_size=n),
+        max_size=60,
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)

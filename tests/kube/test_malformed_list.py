@@ -40,7 +40,7 @@ async def test_malformed_list_pages_are_retried_until_a_good_one() -> None:
         lists += 1
         return httpx.Response(200, content=pages[min(lists, len(pages)) - 1])
 
-    send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
     async with httpx.AsyncClient(
         transport=httpx.MockTransport(serve), base_url="http://api"
     ) as client:

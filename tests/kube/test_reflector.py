@@ -34,7 +34,7 @@ class Mirror:
     objects: dict[str, str]
     deltas: int = 0
 
-    async def consume(self, receive: trio.MemoryReceiveChannel[Sequence[Delta[Any]]]) -> None:
+    async def consume(self, receive: trio.MemoryReceiveChannel[Sequence[Delta]]) -> None:
         async for batch in receive:
             for d in batch:
                 self.deltas += 1
@@ -54,7 +54,7 @@ async def start(
 ) -> Mirror:
     cfg = load_kubeconfig(str(kubeconfig or emu.kubeconfig))
     client = make_client(cfg)
-    send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
     reflector: Reflector[Any] = Reflector(
         client,
         resource,
@@ -214,7 +214,7 @@ async def test_streaming_list_and_fallback(nursery: trio.Nursery) -> None:
             trio.open_nursery() as inner,
         ):
             cfg = load_kubeconfig(str(emu.kubeconfig))
-            send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+            send, receive = trio.open_memory_channel[Sequence[Delta]](100)
             reflector: Reflector[Any] = Reflector(
                 make_client(cfg),
                 PODS,
@@ -247,7 +247,7 @@ async def test_streaming_list_then_drop_resumes_without_listing_again(
             initial_requests.append(str(request.url))
 
     client.event_hooks = {"request": [record]}
-    send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
     reflector: Reflector[Any] = Reflector(
         client, PODS, KIND_TYPES["Pod"], send, streaming_list=True, backoff=Backoff(initial=0.05)
     )

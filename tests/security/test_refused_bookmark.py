@@ -53,7 +53,7 @@ async def test_initial_events_end_without_rv_is_refused_and_listed_again() -> No
 
     refused = metrics.OBJECTS_REFUSED.labels("namespaces", "bookmark_without_rv")
     before = refused._value.get()
-    send, receive = trio.open_memory_channel[Sequence[Delta[Any]]](100)
+    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
     async with httpx.AsyncClient(
         transport=httpx.MockTransport(serve), base_url="http://api"
     ) as client:

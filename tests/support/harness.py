@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from metacollector.events import WatchType
 from metacollector.model import Object
 from metacollector.proto import metadata_pb2 as pb
-from metacollector.reducer import ChangeType, Reducer
+from metacollector.reducer import Reducer
 from metacollector.subscriptions import FALCO_KINDS, Mailbox, Subscriptions, selected_kinds
 
 
@@ -59,9 +60,9 @@ class Core:
     def __post_init__(self) -> None:
         self.subs = Subscriptions(self.reducer.state)
 
-    def apply(self, change_type: ChangeType, kind: str, obj: Object) -> None:
+    def apply(self, change_type: WatchType, kind: str, obj: Object) -> None:
         assert self.subs is not None
-        self.subs.route(self.reducer.apply(change_type, kind, obj), self.now)
+        self.subs.route(self.reducer.apply(change_type, kind, obj).touched, self.now)
 
     def subscribe(self, node: str, kinds: list[str] | None = None) -> Subscriber:
         assert self.subs is not None

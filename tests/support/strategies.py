@@ -83,3 +83,36 @@ kind_sets = st.sampled_from(
         ["Service", "Deployment"],
     ]
 )
+
+
+# Many Services over few label pairs: pods selected by several Services at once, selectors of
+# two items, Services re-selecting.
+WIDE_LABELS = st.dictionaries(
+    st.sampled_from(["app", "tier", "zone"]), st.sampled_from(["x", "y"]), max_size=3
+)
+
+
+@st.composite
+def wide_pod_change(draw: st.DrawFn) -> tuple[str, str, Object]:
+    i = draw(st.integers(0, 5))
+    obj = b.pod(
+        f"p{i}",
+        f"pod-{i}",
+        namespace="a",
+        node=draw(POD_NODES),
+        labels=draw(WIDE_LABELS),
+        rv=str(draw(st.integers(1, 9))),
+    )
+    return draw(st.sampled_from(["ADDED", "MODIFIED", "MODIFIED", "DELETED"])), "Pod", obj
+
+
+@st.composite
+def wide_service_change(draw: st.DrawFn) -> tuple[str, str, Object]:
+    i = draw(st.integers(0, 5))
+    selector = draw(
+        st.dictionaries(
+            st.sampled_from(["app", "tier", "zone"]), st.sampled_from(["x", "y"]), max_size=2
+        )
+    )
+    obj = b.service(f"s{i}", f"service-{i}", "a", selector=selector)
+    return draw(st.sampled_from(["ADDED", "MODIFIED", "MODIFIED", "DELETED"])), "Service", obj

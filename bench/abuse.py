@@ -36,7 +36,7 @@ import trio
 from _common import proc_stats
 
 from metacollector.grpc.client import open_watch
-from metacollector.testing import free_port
+from metacollector.testing import free_port, wait_ready
 from metacollector.testing.h2_attacks import ATTACKS
 
 HERE = pathlib.Path(__file__).parent
@@ -234,15 +234,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{emu_port}", headers={"Authorization": "Bearer t"}
         ) as api:
-            with trio.fail_after(120):
-                while True:
-                    try:
-                        r = await api.get(f"http://127.0.0.1:{http_port}/readyz")
-                        if r.status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
+            await wait_ready(f"http://127.0.0.1:{http_port}/readyz", 120)
             async with trio.open_nursery() as nursery:
                 healthy = Healthy(grpc_port, api, "node-0")
                 await nursery.start(healthy.run)

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from metacollector.settings import BindAddress, Settings
 from metacollector.testing.receiver import start_receiver
 from tests.support.chaos import Chaos
-from tests.support.env import start_env
+from tests.support.env import local_settings, start_env
 from tests.support.scenarios import converged
 
 NODES = 6
@@ -21,10 +20,7 @@ NODES = 6
 @pytest.fixture
 async def chaos(nursery: trio.Nursery) -> AsyncIterator[Chaos]:
     receiver = await start_receiver(nursery)
-    settings = Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    settings = local_settings(
         stall_timeout=2.0,
         cloudevents_sink=f"http://127.0.0.1:{receiver.port}/",
         cloudevents_replay=True,  # the receiver must also hold the objects that existed at start

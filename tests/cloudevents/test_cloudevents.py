@@ -18,6 +18,7 @@ from metacollector.cloudevents import (
 from metacollector.model import KINDS
 from metacollector.testing.receiver import Receiver, data_of, start_receiver
 from tests.support.cloudevents import change, settings
+from tests.support.env import local_settings
 
 SUBJECTS = {
     "Pod": "/api/v1/namespaces/shop/pods/obj-pod",
@@ -215,15 +216,11 @@ async def test_end_to_end_from_cluster_changes(nursery: trio.Nursery) -> None:
     from metacollector.app import serve
     from metacollector.emulator.inprocess import running_emulator
     from metacollector.kube.config import load_kubeconfig
-    from metacollector.settings import BindAddress, Settings
     from tests.support.cluster import Cluster
 
     receiver = await start_receiver(nursery)
     async with running_emulator(nodes=2, pods_per_node=3) as emu:
-        st = Settings(
-            metrics_bind="127.0.0.1:0",
-            health_bind="127.0.0.1:0",
-            broker_bind=BindAddress("127.0.0.1", 0),
+        st = local_settings(
             cloudevents_sink=receiver.url,
         )
         cfg = load_kubeconfig(str(emu.kubeconfig))

@@ -29,7 +29,7 @@ import trio
 
 from metacollector.emulator.churn import run_churn
 from metacollector.subscriptions import selected_kinds
-from metacollector.testing import free_port
+from metacollector.testing import free_port, wait_ready
 from tests.support.cluster import Cluster, workload
 from tests.support.env import REAL_KUBECONFIG
 from tests.support.grpc_watch import FALCO_KINDS, GrpcWatch
@@ -145,17 +145,10 @@ class Replica:
             )
 
     async def ready(self, timeout: float = 30) -> None:
-        async with httpx.AsyncClient() as client:
-            with trio.fail_after(timeout):
-                while True:
-                    assert self.proc.poll() is None, self.log.read_text()
-                    try:
-                        r = await client.get(f"http://127.0.0.1:{self.health}/readyz")
-                        if r.status_code == 200:
-                            return
-                    except httpx.TransportError:
-                        pass
-                    await trio.sleep(0.1)
+        def alive() -> None:
+            assert self.proc.poll() is None, self.log.read_text()
+
+        await wait_ready(f"http://127.0.0.1:{self.health}/readyz", timeout, alive)
 
     async def metric(self, name: str) -> float:
         async with httpx.AsyncClient() as client:

@@ -11,8 +11,7 @@ from metacollector import metrics
 from metacollector.binding import NodeBinding, peer_may_watch
 from metacollector.grpc.client import WatchEnded, open_watch
 from metacollector.proto import metadata_pb2 as pb
-from metacollector.settings import BindAddress, Settings
-from tests.support.env import Env, environment, needs_emulator
+from tests.support.env import Env, environment, local_settings, needs_emulator
 
 pytestmark = needs_emulator
 
@@ -63,10 +62,7 @@ async def place_pod(env: Env, ns: str, name: str, node: str, ip: str) -> str:
 
 
 async def test_peer_address_binds_a_pod_to_its_node(nursery: trio.Nursery) -> None:
-    settings = Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    settings = local_settings(
         node_binding=NodeBinding.PEER_ADDRESS,
     )
     async with environment(nursery, settings, nodes=2, pods_per_node=1) as env:
@@ -103,10 +99,7 @@ async def test_peer_address_binds_a_pod_to_its_node(nursery: trio.Nursery) -> No
 async def test_host_network_pod_carries_the_node_ip(nursery: trio.Nursery) -> None:
     """A host-network pod's podIP is its node's IP: a sensor on the node's network (Falco's
     DaemonSet in host-network mode) is served from that address."""
-    settings = Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    settings = local_settings(
         node_binding=NodeBinding.PEER_ADDRESS,
     )
     async with environment(nursery, settings, nodes=2, pods_per_node=0) as env:

@@ -17,6 +17,7 @@ from metacollector.kube.config import load_kubeconfig
 from metacollector.model import KIND_TYPES
 from metacollector.settings import BindAddress, Settings
 from tests.support.cluster import Cluster
+from tests.support.env import local_settings
 from tests.support.grpc_watch import GrpcWatch
 
 
@@ -24,11 +25,7 @@ from tests.support.grpc_watch import GrpcWatch
 async def pipeline(nursery: trio.Nursery) -> AsyncIterator[tuple[EmulatorHandle, Running]]:
     async with running_emulator(nodes=2, pods_per_node=3, bookmark_interval=0.5) as emu:
         await emu.set_faults(only_user_agent="metacollector")
-        settings = Settings(
-            metrics_bind="127.0.0.1:0",
-            health_bind="127.0.0.1:0",
-            broker_bind=BindAddress("127.0.0.1", 0),
-        )
+        settings = local_settings()
         cfg = load_kubeconfig(str(emu.kubeconfig))
         running = await nursery.start(
             lambda task_status: serve(
@@ -155,11 +152,7 @@ async def test_upstream_counters_count_like_upstream(nursery: trio.Nursery) -> N
     )
     waited_before = sample("meta_collector_broker_queue_duration_seconds_count", name="mailbox")
     async with running_emulator(nodes=2, pods_per_node=3) as emu:
-        settings = Settings(
-            metrics_bind="127.0.0.1:0",
-            health_bind="127.0.0.1:0",
-            broker_bind=BindAddress("127.0.0.1", 0),
-        )
+        settings = local_settings()
         running = await nursery.start(
             lambda task_status: serve(
                 settings, kubeconfig=load_kubeconfig(str(emu.kubeconfig)), task_status=task_status

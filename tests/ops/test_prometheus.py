@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +21,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from metacollector.app import Running, serve
 from metacollector.emulator.inprocess import EmulatorHandle, running_emulator
 from metacollector.kube.config import load_kubeconfig
-from metacollector.settings import BindAddress, Settings
+from metacollector.testing import free_port
 from tests.support.cluster import Cluster
+from tests.support.env import local_settings
 from tests.support.grpc_watch import GrpcWatch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,20 +50,10 @@ UPSTREAM_SHOWN = {
 SELECTOR_NAME = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def collector(nursery: trio.Nursery) -> AsyncIterator[tuple[EmulatorHandle, Running]]:
     async with running_emulator(nodes=2, pods_per_node=3) as emu:
-        settings = Settings(
-            metrics_bind="127.0.0.1:0",
-            health_bind="127.0.0.1:0",
-            broker_bind=BindAddress("127.0.0.1", 0),
-        )
+        settings = local_settings()
         cfg = load_kubeconfig(str(emu.kubeconfig))
         running = await nursery.start(
             lambda task_status: serve(settings, kubeconfig=cfg, task_status=task_status)

@@ -9,8 +9,7 @@ import trio
 import trustme
 
 from metacollector import metrics
-from metacollector.settings import BindAddress, Settings
-from tests.support.env import Env, environment, needs_emulator
+from tests.support.env import Env, environment, local_settings, needs_emulator
 from tests.support.grpc_watch import GrpcWatch
 from tests.support.scenarios import converged
 from tests.support.secret_volume import SecretVolume
@@ -49,10 +48,7 @@ async def test_rotation_keeps_streams_and_serves_the_new_certificate(
 ) -> None:
     old_ca, new_ca = trustme.CA(), trustme.CA()
     volume = SecretVolume(tmp_path / "tls", server_files(old_ca))
-    settings = Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    settings = local_settings(
         server_cert=volume.path("tls.crt"),
         server_key=volume.path("tls.key"),
         tls_reload_interval=0.05,

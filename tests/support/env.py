@@ -27,6 +27,18 @@ from tests.support.cluster import Cluster
 from tests.support.grpc_watch import GrpcWatch
 
 REAL_KUBECONFIG = os.environ.get("METACOLLECTOR_TEST_KUBECONFIG")
+
+
+def local_settings(**overrides: Any) -> Settings:
+    """Settings serving metrics, probes and gRPC on 127.0.0.1, on ports the OS picks."""
+    return Settings(
+        metrics_bind="127.0.0.1:0",
+        health_bind="127.0.0.1:0",
+        broker_bind=BindAddress("127.0.0.1", 0),
+        **overrides,
+    )
+
+
 # Fault injection and /admin exist only in the emulator: such tests skip against a real cluster.
 needs_emulator = pytest.mark.skipif(
     bool(REAL_KUBECONFIG), reason="needs the emulator's fault injection or admin endpoint"
@@ -71,10 +83,7 @@ class Env:
 async def start_env(
     nursery: trio.Nursery, settings: Settings | None = None, **emulator_opts: Any
 ) -> AsyncIterator[Env]:
-    settings = settings or Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    settings = settings or local_settings(
         log_level="info",
     )
     if REAL_KUBECONFIG:
@@ -113,10 +122,7 @@ def tls_settings(ca: trustme.CA, tmp: Path, mtls: bool, node_binding: bool = Fal
     cert.cert_chain_pems[0].write_to_path(str(tmp / "server.pem"))
     cert.private_key_pem.write_to_path(str(tmp / "server.key"))
     ca.cert_pem.write_to_path(str(tmp / "ca.pem"))
-    return Settings(
-        metrics_bind="127.0.0.1:0",
-        health_bind="127.0.0.1:0",
-        broker_bind=BindAddress("127.0.0.1", 0),
+    return local_settings(
         server_cert=str(tmp / "server.pem"),
         server_key=str(tmp / "server.key"),
         client_ca=str(tmp / "ca.pem") if mtls else None,

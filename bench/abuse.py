@@ -36,7 +36,7 @@ import trio
 from _common import proc_stats
 
 from metacollector.grpc.client import open_watch
-from metacollector.testing import free_port, wait_ready
+from metacollector.testing import collector_command, free_port, wait_ready
 from metacollector.testing.h2_attacks import ATTACKS
 
 HERE = pathlib.Path(__file__).parent
@@ -212,22 +212,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     assert emulator.stdout is not None
     await trio.to_thread.run_sync(emulator.stdout.readline)
     collector = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "metacollector.cli",
-            "run",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--broker-bind-address",
-            f"127.0.0.1:{grpc_port}",
-            "--metrics-bind-address",
-            f"127.0.0.1:{http_port}",
-            "--health-probe-bind-address",
-            f"127.0.0.1:{http_port}",
-            "--log-level",
-            "error",
-        ],
+        collector_command(kubeconfig, grpc_port, http_port, http_port, "--log-level", "error")
     )
     result: dict[str, Any] = {"machine": f"{os.cpu_count()} cores, shared with other work"}
     try:

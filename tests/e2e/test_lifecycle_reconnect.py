@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import trio
 
 from metacollector.emulator.churn import run_churn
 from metacollector.subscriptions import selected_kinds
-from metacollector.testing import free_port, wait_ready
+from metacollector.testing import collector_command, free_port, wait_ready
 from tests.support.cluster import Cluster, workload
 from tests.support.env import REAL_KUBECONFIG
 from tests.support.grpc_watch import FALCO_KINDS, GrpcWatch
@@ -123,22 +122,9 @@ class Replica:
         self.log = log
         with log.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "metacollector.cli",
-                    "run",
-                    "--kubeconfig",
-                    str(kubeconfig),
-                    "--broker-bind-address",
-                    f"127.0.0.1:{self.grpc}",
-                    "--metrics-bind-address",
-                    f"127.0.0.1:{self.metrics}",
-                    "--health-probe-bind-address",
-                    f"127.0.0.1:{self.health}",
-                    "--departure-window",
-                    "600",
-                ],
+                collector_command(
+                    kubeconfig, self.grpc, self.metrics, self.health, "--departure-window", "600"
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

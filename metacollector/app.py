@@ -42,6 +42,7 @@ from metacollector.kube.resources import RESOURCES
 from metacollector.log import BROKER_LOGGER, configure_logging
 from metacollector.model import KIND_TYPES, Object, intern_strings
 from metacollector.settings import Settings
+from metacollector.state import ClusterState
 from metacollector.tlsreload import Reloaded
 
 log = logging.getLogger("metacollector")
@@ -67,14 +68,23 @@ def default_source(cfg: KubeConfig) -> str:
     return f"/metacollector/{cfg.cluster_name or urlsplit(cfg.server).hostname or 'cluster'}"
 
 
+RENDER_BETWEEN_CHECKPOINTS = 1000  # bodies rendered between checkpoints (~1-5 ms)
+
+
 async def freeze_heap_once_synced(
-    reflectors: Sequence[Reflector[Object]], pending: trio.MemoryReceiveChannel[Sequence[Delta]]
+    reflectors: Sequence[Reflector[Object]],
+    pending: trio.MemoryReceiveChannel[Sequence[Delta]],
+    state: ClusterState,
 ) -> None:
-    """After the first full sync reached the hub, take the state out of the cyclic GC's sight."""
+    """After the first full sync reached the hub, render every view's bodies (in slices, so
+    the loop stays live) and take the state out of the cyclic GC's sight."""
     for reflector in reflectors:
         await reflector.synced.wait()
     while pending.statistics().current_buffer_used:
         await trio.sleep(0.05)
+    for rendered, _ in enumerate(state.render_views(), 1):
+        if rendered % RENDER_BETWEEN_CHECKPOINTS == 0:
+            await trio.lowlevel.checkpoint()
     freeze_heap()
     log.info("cluster state synced", extra={"objects_frozen": gc.get_freeze_count()})
 
@@ -154,7 +164,7 @@ async def serve(
         nursery.start_soon(hub.run, receive)
         for reflector in reflectors:
             nursery.start_soon(reflector.run)
-        nursery.start_soon(freeze_heap_once_synced, reflectors, receive)
+        nursery.start_soon(freeze_heap_once_synced, reflectors, receive, hub.state)
         nursery.start_soon(collect_young)
         if ssl_context is not None:
             nursery.start_soon(ssl_context.run)

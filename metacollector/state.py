@@ -175,6 +175,22 @@ class ClusterState:
             body = self.bodies[key] = render_body(kind, obj, None)
         return body
 
+    def render_views(self) -> Iterator[None]:
+        """Render every body some node's view holds and has not been rendered yet, yielding
+        after each one so the caller can checkpoint (the hub may change the state meanwhile:
+        keys come from a snapshot and each is looked up again). Run once after the first sync,
+        it spares the first subscribers' initial sync the rendering of the whole cluster."""
+        for uid in list(self.pods):
+            entry = self.pods.get(uid)
+            if entry is not None and entry.node and entry.body is None:
+                self.event_body(entry.node, entry.key)
+                yield
+        for key in list(self.key_nodes):
+            nodes = self.key_nodes.get(key)
+            if nodes and key not in self.bodies:
+                self.event_body(next(iter(nodes)), key)
+                yield
+
     def invalidate(self, key: Key) -> None:
         """Drop the rendered body of a non-pod object (it changed or left)."""
         self.bodies.pop(key, None)

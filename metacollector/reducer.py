@@ -30,7 +30,13 @@ from collections.abc import Iterable, Sequence
 
 from metacollector.events import Edit, Key, NodeKey, Outcome, WatchType
 from metacollector.model import Object, Pod, Service, same_content
-from metacollector.state import ClusterState, PodEntry, ServiceEntry, pod_services
+from metacollector.state import (
+    ClusterState,
+    PodEntry,
+    ServiceEntry,
+    discard_member,
+    pod_services,
+)
 
 _NO_LABELS: dict[str, str] = {}
 
@@ -167,7 +173,7 @@ class Reducer:
             owner = b.controller()
             owner_uid = owner.uid if owner is not None else ""
             if owner_uid != entry.owner_uid:
-                _discard(st.pods_by_owner, entry.owner_uid, uid)
+                discard_member(st.pods_by_owner, entry.owner_uid, uid)
                 _add(st.pods_by_owner, owner_uid, uid)
                 entry.owner_uid = owner_uid
         # Services change only through Service changes (which update the pods they select) and
@@ -175,7 +181,7 @@ class Reducer:
         lost: Sequence[Key] = ()
         gained: Sequence[Key] = ()
         if a.namespace != b.namespace:
-            _discard(st.pods_by_namespace, entry.namespace, uid)
+            discard_member(st.pods_by_namespace, entry.namespace, uid)
             _add(st.pods_by_namespace, b.namespace, uid)
             st.unindex_pod_labels(a.namespace, uid, st.selected_labels(a.namespace, a.labels))
             st.index_pod_labels(b.namespace, uid, st.selected_labels(b.namespace, b.labels))
@@ -192,7 +198,7 @@ class Reducer:
             st.unreference(old_node, entry.owner_keys, touched, self._departed)
             if entry.services:
                 st.unreference(old_node, entry.services, touched, self._departed)
-            _discard(st.pods_by_node, old_node, uid)
+            discard_member(st.pods_by_node, old_node, uid)
             _add(st.pods_by_node, node, uid)
             entry.node = node
         elif owner_keys != entry.owner_keys:
@@ -232,9 +238,9 @@ class Reducer:
     def _delete_pod(self, uid: str, entry: PodEntry, out: Outcome) -> None:
         st = self.state
         del st.pods[uid]
-        _discard(st.pods_by_node, entry.node, uid)
-        _discard(st.pods_by_namespace, entry.namespace, uid)
-        _discard(st.pods_by_owner, entry.owner_uid, uid)
+        discard_member(st.pods_by_node, entry.node, uid)
+        discard_member(st.pods_by_namespace, entry.namespace, uid)
+        discard_member(st.pods_by_owner, entry.owner_uid, uid)
         labels = st.selected_labels(entry.namespace, entry.pod.metadata.labels)
         if labels:
             st.unindex_pod_labels(entry.namespace, uid, labels)
@@ -351,9 +357,3 @@ def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
             members.add(uid)
 
 
-def _discard(index: dict[str, set[str]], key: str, uid: str) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(uid)
-        if not members:
-            del index[key]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -90,6 +90,9 @@ class ServiceEntry(msgspec.Struct, gc=False):
 
     key: Key
     pods: set[str]
+
+
+IndexKey = TypeVar("IndexKey", str, Label)  # an index is keyed by a name or a label pair
 
 
 @dataclass
@@ -403,7 +406,7 @@ class ClusterState:
         ):
             in_namespace = index[ns]
             for label in labels:
-                _discard(in_namespace, label, uid)
+                discard_member(in_namespace, label, uid)
             if not in_namespace:
                 del index[ns]
 
@@ -469,12 +472,13 @@ def _index_pair(index: dict[Label, str | set[str]], label: Label, uid: str) -> N
         members.add(uid)
 
 
-def _discard(index: dict[Label, set[str]], label: Label, uid: str) -> None:
-    members = index.get(label)
+def discard_member(index: dict[IndexKey, set[str]], key: IndexKey, uid: str) -> None:
+    """Remove ``uid`` from ``index[key]``, and the entry once it is empty."""
+    members = index.get(key)
     if members is not None:
         members.discard(uid)
         if not members:
-            del index[label]
+            del index[key]
 
 
 def service_labels(service: Service) -> tuple[Label, ...]:

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from metacollector import metrics
 from metacollector.binding import NodeBinding, refusal
-from metacollector.grpc.server import ServerStream
+from metacollector.grpc.server import ServerStream, StreamClosed
 from metacollector.grpc.status import GrpcError, Status
 from metacollector.hub import Hub
 from metacollector.log import GRPC_SERVER_LOGGER
@@ -91,8 +91,9 @@ class WatchService:
                 for sent in batch:
                     _dispatched(sent.kind, sent.reason).inc()
                     queue_duration.observe(now - sent.marked_at)
-        except trio.Cancelled:
-            # peer gone or shutting down: upstream's "stream context done" line
+        except (trio.Cancelled, StreamClosed):
+            # peer gone (a reset or a closed connection is the normal end of a Watch) or
+            # shutting down: upstream's "stream context done" line, not an error
             log.info(
                 "context canceled, closing connection",
                 extra={"subscriber": node, "subscriber UID": uid},

@@ -5,17 +5,11 @@ well-formed pages."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
 
 import httpx
-import trio
 
-from metacollector.kube.reflector import Backoff, Delta, Reflector
-from metacollector.kube.resources import RESOURCES
-from metacollector.model import KIND_TYPES
+from tests.support.kube import first_synced_batch
 
-NAMESPACES = next(r for r in RESOURCES if r.kind == "Namespace")
 GOOD_PAGE = json.dumps(
     {
         "kind": "PartialObjectMetadataList",
@@ -40,23 +34,7 @@ async def test_malformed_list_pages_are_retried_until_a_good_one() -> None:
         lists += 1
         return httpx.Response(200, content=pages[min(lists, len(pages)) - 1])
 
-    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(serve), base_url="http://api"
-    ) as client:
-        reflector: Reflector[Any] = Reflector(
-            client,
-            NAMESPACES,
-            KIND_TYPES["Namespace"],
-            send,
-            backoff=Backoff(initial=0.01, maximum=0.02, jitter=0),
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reflector.run)
-            with trio.fail_after(10):
-                await reflector.synced.wait()
-                batch = await receive.receive()
-            nursery.cancel_scope.cancel()
+    reflector, batch = await first_synced_batch(serve)
     assert lists >= 3  # two malformed pages, each retried (the empty watch may relist again)
     assert [(d.type, d.obj.metadata.uid) for d in batch] == [("ADDED", "ns1")]
     assert reflector.rv == "7"

@@ -5,18 +5,15 @@ transport (the emulator always sends a resourceVersion)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import trio
 
 from metacollector import metrics
-from metacollector.kube.reflector import INITIAL_EVENTS_END, Backoff, Delta, Reflector
-from metacollector.kube.resources import RESOURCES
-from metacollector.model import KIND_TYPES
+from metacollector.kube.reflector import INITIAL_EVENTS_END
+from tests.support.kube import first_synced_batch
 
-NAMESPACES = next(r for r in RESOURCES if r.kind == "Namespace")
 NS = {
     "kind": "PartialObjectMetadata",
     "metadata": {"name": "shop", "uid": "ns1", "resourceVersion": "5"},
@@ -53,24 +50,7 @@ async def test_initial_events_end_without_rv_is_refused_and_listed_again() -> No
 
     refused = metrics.OBJECTS_REFUSED.labels("namespaces", "bookmark_without_rv")
     before = refused._value.get()
-    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(serve), base_url="http://api"
-    ) as client:
-        reflector: Reflector[Any] = Reflector(
-            client,
-            NAMESPACES,
-            KIND_TYPES["Namespace"],
-            send,
-            streaming_list=True,
-            backoff=Backoff(initial=0.01, maximum=0.02, jitter=0),
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reflector.run)
-            with trio.fail_after(10):
-                await reflector.synced.wait()
-                batch = await receive.receive()
-            nursery.cancel_scope.cancel()
+    reflector, batch = await first_synced_batch(serve, streaming_list=True)
     assert refused._value.get() == before + 1
     assert streams >= 2
     assert [(d.type, d.obj.metadata.uid) for d in batch] == [("ADDED", "ns1")]

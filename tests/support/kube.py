@@ -1,13 +1,49 @@
-"""Exec credential plugins for the Kubernetes access tests."""
+"""Exec credential plugins and a mocked API server for the Kubernetes access tests."""
 
 from __future__ import annotations
 
 import json
 import stat
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
 
 from metacollector.emulator.inprocess import EmulatorHandle
+from metacollector.kube.reflector import Backoff, Delta, Reflector
+from metacollector.kube.resources import RESOURCES
+from metacollector.model import KIND_TYPES
+
+NAMESPACES = next(r for r in RESOURCES if r.kind == "Namespace")
+
+
+async def first_synced_batch(
+    serve: Callable[[httpx.Request], httpx.Response], **options: Any
+) -> tuple[Reflector[Any], Sequence[Delta]]:
+    """Run a namespaces reflector (fast backoff, ``options`` added) against ``serve``, an
+    httpx MockTransport handler, until it has synced; the reflector and its first batch."""
+    send, receive = trio.open_memory_channel[Sequence[Delta]](100)
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(serve), base_url="http://api"
+    ) as client:
+        reflector: Reflector[Any] = Reflector(
+            client,
+            NAMESPACES,
+            KIND_TYPES["Namespace"],
+            send,
+            backoff=Backoff(initial=0.01, maximum=0.02, jitter=0),
+            **options,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reflector.run)
+            with trio.fail_after(10):
+                await reflector.synced.wait()
+                batch = await receive.receive()
+            nursery.cancel_scope.cancel()
+    return reflector, batch
 
 
 def counting_plugin(tmp_path: Path, token_file: Path, fail_first: int = 0) -> tuple[Path, Path]:

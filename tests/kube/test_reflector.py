@@ -19,11 +19,10 @@ from metacollector.kube.reflector import Backoff, Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES
 from tests.support.env import needs_emulator
-from tests.support.kube import counting_plugin, exec_kubeconfig
+from tests.support.kube import NAMESPACES, counting_plugin, exec_kubeconfig
 
 pytestmark = needs_emulator
 PODS = next(r for r in RESOURCES if r.kind == "Pod")
-NAMESPACES = next(r for r in RESOURCES if r.kind == "Namespace")
 
 
 @dataclass

@@ -322,6 +322,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         nodes = [f"node-{i}" for i in range(args.nodes)][: args.subscribers]
         t1 = time.monotonic()
+        before_sync = proc_stats(collector.pid)
         workers = Workers(
             "swarm.py",
             [
@@ -336,6 +337,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["initial_sync_events"] / result["initial_sync_s"]
         )
         after_sync = proc_stats(collector.pid)
+        sync_cpu = after_sync["cpu_s"] - before_sync["cpu_s"]
+        result["collector_cpu_s_during_sync"] = round(sync_cpu, 2)
+        result["swarm_cpu_s_during_sync"] = round(sum(s["cpu_s"] for s in synced), 2)
+        result["initial_sync_mb"] = round(sum(s["bytes"] for s in synced) / 1e6, 1)
         result["rss_after_sync_mb"] = round(after_sync["rss_mb"], 1)
         result["sync_wall_s"] = round(time.monotonic() - t1, 2)
 

@@ -35,6 +35,7 @@ class Node:
         self.table: dict[str, bytes] = {}
         self.last_event = 0.0
         self.events = 0
+        self.bytes = 0
 
 
 async def subscribe(
@@ -50,6 +51,7 @@ async def subscribe(
                     for raw in batch:
                         event = pb.Event.FromString(raw)
                         node.events += 1
+                        node.bytes += len(raw)
                         if event.reason == "Delete":
                             node.table.pop(event.uid, None)
                             continue
@@ -91,6 +93,8 @@ async def main() -> None:
                     "event": "synced",
                     "sync_s": last - started,
                     "events": sum(n.events for n in nodes.values()),
+                    "cpu_s": time.process_time(),
+                    "bytes": sum(n.bytes for n in nodes.values()),
                 }
             ),
             flush=True,

@@ -71,21 +71,28 @@ def default_source(cfg: KubeConfig) -> str:
 RENDER_BETWEEN_CHECKPOINTS = 1000  # bodies rendered between checkpoints (~1-5 ms)
 
 
-async def freeze_heap_once_synced(
+async def settle_once_synced(
     reflectors: Sequence[Reflector[Object]],
     pending: trio.MemoryReceiveChannel[Sequence[Delta]],
     state: ClusterState,
+    settled: trio.Event,
 ) -> None:
-    """After the first full sync reached the hub, render every view's bodies (in slices, so
-    the loop stays live) and take the state out of the cyclic GC's sight."""
+    """After the first full sync reached the hub, take the state out of the cyclic GC's sight
+    and render every view's bodies (in slices, so the loop stays live); then ``settled``.
+
+    Readiness waits for it: subscribers that connect while the state is still applied,
+    rendered and traversed by full collections sync at half the speed (bench/README.md,
+    Scale: the initial sync competed with this work). Frozen first, so that nothing allocated
+    from then on (bodies, subscribers' connections) triggers a full pass over the state."""
     for reflector in reflectors:
         await reflector.synced.wait()
     while pending.statistics().current_buffer_used:
         await trio.sleep(0.05)
+    freeze_heap()
     for rendered, _ in enumerate(state.render_views(), 1):
         if rendered % RENDER_BETWEEN_CHECKPOINTS == 0:
             await trio.lowlevel.checkpoint()
-    freeze_heap()
+    settled.set()
     log.info("cluster state synced", extra={"objects_frozen": gc.get_freeze_count()})
 
 
@@ -164,7 +171,8 @@ async def serve(
         nursery.start_soon(hub.run, receive)
         for reflector in reflectors:
             nursery.start_soon(reflector.run)
-        nursery.start_soon(freeze_heap_once_synced, reflectors, receive, hub.state)
+        settled = trio.Event()
+        nursery.start_soon(settle_once_synced, reflectors, receive, hub.state, settled)
         nursery.start_soon(collect_young)
         if ssl_context is not None:
             nursery.start_soon(ssl_context.run)
@@ -175,6 +183,9 @@ async def serve(
         grpc_listening = False
         readiness = Readiness()
         readiness.add_check("reflectors", relist_check(reflectors, readiness_grace))
+        readiness.add_check(
+            "state", lambda: settled.is_set() or "initial cluster state not yet applied"
+        )
         readiness.add_check("grpc", lambda: grpc_listening or "gRPC port not listening")
         bind = settings.broker_bind
         grpc_port = await nursery.start(server.serve, bind.host, bind.port)

@@ -19,7 +19,9 @@ from metacollector.model import CLUSTER_SCOPED, KINDS, Object, Pod
 
 Refs = tuple[tuple[str, tuple[str, ...]], ...]  # (kind, uids) pairs, kinds sorted
 
-_json = msgspec.json.Encoder(order="sorted")
+# Dict keys (labels) sorted; Struct fields in their declared order, which ``_Meta`` declares
+# sorted ("sorted" would sort them again on every encode).
+_json = msgspec.json.Encoder(order="deterministic")
 _EMPTY_STATUS: Final = b"{}"
 
 
@@ -52,6 +54,7 @@ def _field(tag: bytes, data: bytes) -> bytes:
 _REASON, _UID, _KIND, _META, _STATUS, _REFS = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x32", b"\x3a"
 _MAP_KEY, _MAP_VALUE, _LIST_ITEM = b"\x0a", b"\x12", b"\x0a"  # map entry key/value; list item
 _KIND_FIELDS: Final = {kind: _field(_KIND, kind.encode()) for kind in KINDS}
+_KIND_META: Final = {kind: field + _META for kind, field in _KIND_FIELDS.items()}  # + meta's tag
 # The map key field of each kind's References entry (any other kind is encoded when met).
 _MAP_KEYS: Final = {kind: _field(_MAP_KEY, kind.encode()) for kind in KINDS}
 
@@ -119,15 +122,15 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
     """
     uid = obj.metadata.uid.encode()
     meta = render_meta(kind, obj)
-    head = _UID + _varint[len(uid)] + uid if uid else b""
     if not isinstance(obj, Pod):
-        return b"".join((head, _KIND_FIELDS[kind], _META, _varint[len(meta)], meta))
-    status, refs = render_status(obj), encoded_refs or b""
-    return b"".join(
-        (
-            head,
-            _KIND_FIELDS[kind],
-            _META,
+        parts = [_UID, _varint[len(uid)], uid, _KIND_META[kind], _varint[len(meta)], meta]
+    else:
+        status, refs = render_status(obj), encoded_refs or b""
+        parts = [
+            _UID,
+            _varint[len(uid)],
+            uid,
+            _KIND_META[kind],
             _varint[len(meta)],
             meta,
             _STATUS,
@@ -136,8 +139,10 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
             _REFS,
             _varint[len(refs)],
             refs,
-        )
-    )
+        ]
+    if not uid:
+        del parts[:3]  # no uid field
+    return b"".join(parts)
 
 
 CREATE_PREFIX: Final = _field(_REASON, b"Create")

@@ -355,5 +355,3 @@ def _add(index: dict[str, set[str]], key: str, uid: str) -> None:
             index[key] = {uid}
         else:
             members.add(uid)
-
-

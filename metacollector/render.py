@@ -19,7 +19,9 @@ from metacollector.model import CLUSTER_SCOPED, KINDS, Object, Pod
 
 Refs = tuple[tuple[str, tuple[str, ...]], ...]  # (kind, uids) pairs, kinds sorted
 
-_json = msgspec.json.Encoder(order="sorted")
+# Dict keys (labels) sorted; Struct fields in their declared order, which ``_Meta`` declares
+# sorted ("sorted" would sort them again on every encode).
+_json = msgspec.json.Encoder(order="deterministic")
 _EMPTY_STATUS: Final = b"{}"
 
 
@@ -52,6 +54,9 @@ def _field(tag: bytes, data: bytes) -> bytes:
 _REASON, _UID, _KIND, _META, _STATUS, _REFS = b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x32", b"\x3a"
 _MAP_KEY, _MAP_VALUE, _LIST_ITEM = b"\x0a", b"\x12", b"\x0a"  # map entry key/value; list item
 _KIND_FIELDS: Final = {kind: _field(_KIND, kind.encode()) for kind in KINDS}
+_KIND_META: Final = {kind: field + _META for kind, field in _KIND_FIELDS.items()}  # + meta's tag
+# The map key field of each kind's References entry (any other kind is encoded when met).
+_MAP_KEYS: Final = {kind: _field(_MAP_KEY, kind.encode()) for kind in KINDS}
 
 
 class _Meta(msgspec.Struct, omit_defaults=True, gc=False):
@@ -83,10 +88,14 @@ def render_refs(refs: Refs) -> bytes:
     """The serialized ``References`` message: one map entry per kind, in the order given (the
     reducer's sorted order, which is upb's deterministic order too: no kind name is a prefix of
     another)."""
-    return b"".join(
-        _field(_MAP_KEY, _field(_MAP_KEY, kind.encode()) + _field(_MAP_VALUE, _list(uids)))
-        for kind, uids in refs
-    )
+    entries: list[bytes] = []
+    for kind, uids in refs:
+        key = _MAP_KEYS.get(kind) or _field(_MAP_KEY, kind.encode())
+        values = _list(uids)
+        size = len(values)
+        entry_size = len(key) + 1 + len(_varint[size]) + size  # + 1: the _MAP_VALUE tag
+        entries += (_MAP_KEY, _varint[entry_size], key, _MAP_VALUE, _varint[size], values)
+    return b"".join(entries)
 
 
 def _list(uids: tuple[str, ...]) -> bytes:
@@ -100,6 +109,8 @@ def _list(uids: tuple[str, ...]) -> bytes:
             joined = separator + separator.join(uids)
             if joined.isascii():
                 return joined.encode()
+    if len(uids) == 1:  # most lists: an owner's or the Namespace's UID
+        return _field(_LIST_ITEM, uids[0].encode())
     return b"".join([_field(_LIST_ITEM, uid.encode()) for uid in uids])
 
 
@@ -111,15 +122,15 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
     """
     uid = obj.metadata.uid.encode()
     meta = render_meta(kind, obj)
-    head = _UID + _varint[len(uid)] + uid if uid else b""
     if not isinstance(obj, Pod):
-        return b"".join((head, _KIND_FIELDS[kind], _META, _varint[len(meta)], meta))
-    status, refs = render_status(obj), encoded_refs or b""
-    return b"".join(
-        (
-            head,
-            _KIND_FIELDS[kind],
-            _META,
+        parts = [_UID, _varint[len(uid)], uid, _KIND_META[kind], _varint[len(meta)], meta]
+    else:
+        status, refs = render_status(obj), encoded_refs or b""
+        parts = [
+            _UID,
+            _varint[len(uid)],
+            uid,
+            _KIND_META[kind],
             _varint[len(meta)],
             meta,
             _STATUS,
@@ -128,8 +139,10 @@ def render_body(kind: str, obj: Object, encoded_refs: bytes | None) -> bytes:
             _REFS,
             _varint[len(refs)],
             refs,
-        )
-    )
+        ]
+    if not uid:
+        del parts[:3]  # no uid field
+    return b"".join(parts)
 
 
 CREATE_PREFIX: Final = _field(_REASON, b"Create")
@@ -140,4 +153,6 @@ _DELETE_PREFIX: Final = _field(_REASON, b"Delete")
 def delete_message(kind: str, uid: str) -> bytes:
     """A Delete carries only reason, uid and kind."""
     encoded = uid.encode()
-    return _DELETE_PREFIX + (_field(_UID, encoded) if encoded else b"") + _KIND_FIELDS[kind]
+    if not encoded:
+        return _DELETE_PREFIX + _KIND_FIELDS[kind]
+    return b"".join((_DELETE_PREFIX, _UID, _varint[len(encoded)], encoded, _KIND_FIELDS[kind]))

@@ -163,10 +163,12 @@ class Subscriptions:
                 dirty = mailbox.dirty
                 if key in dirty or key[0] not in mailbox.kinds:
                     continue
-                idle = not dirty
-                dirty[key] = now
                 marked += 1
-                if idle and mailbox.on_ready is not None:
+                if dirty:
+                    dirty[key] = now
+                    continue
+                dirty[key] = now  # the first pending key: wake the sender
+                if mailbox.on_ready is not None:
                     mailbox.on_ready()
         return marked
 

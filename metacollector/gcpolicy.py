@@ -32,12 +32,6 @@ import trio
 FULL_COLLECTION_EVERY = 1000
 
 
-# After the freeze, a young collection is triggered automatically only after this many net
-# allocations (the default is 700): the clock (``collect_young``) does the regular work, and at
-# 700 the automatic trigger fired thousands of times per second during an initial sync of
-# thousands of subscribers, each collection (and its pause metric) a fixed cost.
-YOUNG_THRESHOLD = 10_000
-
 # Seconds between collections of the young generations: each then sees what a quarter second
 # made, never a backlog.
 YOUNG_COLLECTION_INTERVAL = 0.25
@@ -54,8 +48,8 @@ def freeze_heap() -> None:
     """Collect once, then exempt every surviving object from future collections."""
     gc.collect()
     gc.freeze()
-    _young, middle, _old = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, FULL_COLLECTION_EVERY)
+    young, middle, _old = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def observe_pauses(observe: Callable[[int, float, float], None]) -> None:

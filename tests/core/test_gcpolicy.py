@@ -6,13 +6,7 @@ import gc
 
 import trio
 
-from metacollector.gcpolicy import (
-    FULL_COLLECTION_EVERY,
-    YOUNG_THRESHOLD,
-    collect_young,
-    freeze_heap,
-    observe_pauses,
-)
+from metacollector.gcpolicy import FULL_COLLECTION_EVERY, collect_young, freeze_heap, observe_pauses
 
 
 def test_freeze_heap_exempts_what_exists_and_makes_full_collections_rarer() -> None:
@@ -22,7 +16,6 @@ def test_freeze_heap_exempts_what_exists_and_makes_full_collections_rarer() -> N
         freeze_heap()
         assert gc.get_freeze_count() >= len(held)
         assert gc.get_threshold()[2] == FULL_COLLECTION_EVERY > 10
-        assert gc.get_threshold()[0] == YOUNG_THRESHOLD > 700
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

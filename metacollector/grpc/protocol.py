@@ -131,6 +131,38 @@ class RequestPool:
         self.used -= n
 
 
+class _Values(list[int | None]):
+    """One setting's values: the current one first, then those awaiting acknowledgement."""
+
+    def popleft(self) -> int | None:
+        return self.pop(0)
+
+
+class CompactSettings(h2.settings.Settings):
+    """h2's ``Settings``, each setting's values in a list instead of a ``collections.deque``.
+
+    A deque costs 760 bytes even holding one value (a list 64): a connection's two Settings of
+    about seven settings each were ~10 KB of each subscriber's ~50 KB (bench/README.md, Memory).
+    h2 only appends, reads ``[0]`` and ``len`` and calls ``popleft`` on them.
+    """
+
+    def __init__(
+        self, client: bool = True, initial_values: dict[h2.settings.SettingCodes, int] | None = None
+    ) -> None:
+        super().__init__(client, initial_values)
+        for key in self._settings:
+            self._compact(key)
+
+    def __setitem__(self, key: h2.settings.SettingCodes | int, value: int) -> None:
+        super().__setitem__(key, value)
+        self._compact(key)
+
+    def _compact(self, key: h2.settings.SettingCodes | int) -> None:
+        values = self._settings[key]
+        if not isinstance(values, _Values):
+            self._settings[key] = _Values(values)  # type: ignore[assignment]
+
+
 @dataclass
 class Counters:
     """What a server's connections did, for tests and benchmarks (cheap ints, no labels)."""
@@ -186,7 +218,8 @@ class ConnectionCore:
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
         codes = h2.settings.SettingCodes
-        self.h2.local_settings = h2.settings.Settings(
+        self.h2.remote_settings = CompactSettings(client=True)  # before any frame is received
+        self.h2.local_settings = CompactSettings(
             client=False,
             initial_values={
                 codes.MAX_CONCURRENT_STREAMS: limits.max_streams_per_connection,

@@ -209,8 +209,14 @@ class ConnectionCore:
         now: float,
         counters: Counters | None = None,
         process_errors: Rate | None = None,
+        keepalive_phase: float = 0.0,
     ) -> None:
         self.limits = limits
+        # Seconds added to this connection's idle time before its PING (the I/O layer draws it
+        # at random, up to a quarter of the interval): connections opened together (a fleet of
+        # sensors starting or reconnecting) would otherwise wake together, and the timer
+        # objects of thousands of them, all young at once, made one 50-100 ms GC pause.
+        self.keepalive_phase = keepalive_phase
         self.pool = pool
         self.paths = paths
         self.counters = counters or Counters()
@@ -294,24 +300,30 @@ class ConnectionCore:
 
     # --- timers ------------------------------------------------------------------------------
     def read_deadline(self) -> float:
-        """Until when a read may wait: the preface deadline during the handshake."""
+        """Until when a read may wait before ``tick`` is due: the preface deadline during the
+        handshake; then the keepalive PING's (``keepalive_interval`` idle, plus this
+        connection's phase), or its answer's. Only reading and ``tick`` move it."""
+        limits = self.limits
         if self.lifecycle is Lifecycle.HANDSHAKE:
-            return self.started_at + self.limits.preface_timeout
+            return self.started_at + limits.preface_timeout
+        if self.lifecycle is Lifecycle.OPEN:
+            if self.ping_sent_at is not None:
+                return self.ping_sent_at + limits.keepalive_timeout
+            return self.last_activity + limits.keepalive_interval + self.keepalive_phase
         return math.inf
 
     def tick(self, now: float) -> Outcome:
-        """Timers: preface deadline, keepalive PING and its timeout."""
+        """Timers at ``read_deadline``: preface deadline, keepalive PING and its timeout."""
         out = Outcome()
-        limits = self.limits
+        if now < self.read_deadline():
+            return out
         if self.lifecycle is Lifecycle.HANDSHAKE:
-            if now >= self.started_at + limits.preface_timeout:
-                self._close("preface_timeout", out)
+            self._close("preface_timeout", out)
         elif self.lifecycle is Lifecycle.OPEN:
             if self.ping_sent_at is not None:
-                if now - self.ping_sent_at > limits.keepalive_timeout:
-                    self._goaway(h2.errors.ErrorCodes.NO_ERROR)
-                    self._close("keepalive_timeout", out)
-            elif now - self.last_activity > limits.keepalive_interval:
+                self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+                self._close("keepalive_timeout", out)
+            else:
                 self.ping_sent_at = now
                 self.h2.ping(b"mcollect")
         return out

@@ -262,7 +262,10 @@ class ConnectionCore:
 
     # --- bytes in, bytes out ---------------------------------------------------------------
     def initiate(self) -> None:
-        """Queue our preface (SETTINGS) and open the connection receive window."""
+        """Queue our preface (SETTINGS) and open the connection receive window; nothing if the
+        connection was shut down first (its task waited for its turn to start meanwhile)."""
+        if self.lifecycle is not Lifecycle.HANDSHAKE:
+            return
         self.h2.initiate_connection()
         window = max(self.limits.connection_window, self.limits.max_request_message_size + 5)
         extra = window - self.h2.inbound_flow_control_window

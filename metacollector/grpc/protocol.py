@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import h2.config
 import h2.connection
@@ -51,6 +52,7 @@ GRPC_PREFIX = 5  # bytes of the gRPC message prefix
 RECEIVE_SLICE = 512  # bytes handed to h2 at a time (~25 small HEADERS frames)
 
 log = logging.getLogger("metacollector.grpc.server")
+T = TypeVar("T")
 
 
 class Lifecycle(enum.Enum):
@@ -131,20 +133,23 @@ class RequestPool:
         self.used -= n
 
 
-class _Values(list[int | None]):
-    """One setting's values: the current one first, then those awaiting acknowledgement."""
+class SmallDeque(list[T]):
+    """A list with the two deque methods h2 and hpack call on their small per-connection
+    stacks. A ``collections.deque`` costs 760 bytes even empty (a list 56 + 8 per item), and a
+    connection had about 16 of them (settings values, HPACK dynamic tables): ~11 KB of each
+    subscriber's ~46 KB (bench/README.md, Memory). They hold a few items each, so the list's
+    O(n) ends cost nothing."""
 
-    def popleft(self) -> int | None:
+    def appendleft(self, item: T) -> None:
+        self.insert(0, item)
+
+    def popleft(self) -> T:
         return self.pop(0)
 
 
 class CompactSettings(h2.settings.Settings):
-    """h2's ``Settings``, each setting's values in a list instead of a ``collections.deque``.
-
-    A deque costs 760 bytes even holding one value (a list 64): a connection's two Settings of
-    about seven settings each were ~10 KB of each subscriber's ~50 KB (bench/README.md, Memory).
-    h2 only appends, reads ``[0]`` and ``len`` and calls ``popleft`` on them.
-    """
+    """h2's ``Settings``, each setting's values (the current one first, then those awaiting
+    acknowledgement) in a ``SmallDeque``: h2 appends, reads ``[0]`` and ``len``, ``popleft``s."""
 
     def __init__(
         self, client: bool = True, initial_values: dict[h2.settings.SettingCodes, int] | None = None
@@ -159,8 +164,8 @@ class CompactSettings(h2.settings.Settings):
 
     def _compact(self, key: h2.settings.SettingCodes | int) -> None:
         values = self._settings[key]
-        if not isinstance(values, _Values):
-            self._settings[key] = _Values(values)  # type: ignore[assignment]
+        if not isinstance(values, SmallDeque):
+            self._settings[key] = SmallDeque(values)  # type: ignore[assignment]
 
 
 @dataclass
@@ -237,6 +242,9 @@ class ConnectionCore:
         # hand this one to its HPACK decoder (which enforces 64 KiB): the advertised limit is
         # the enforced one only with this line.
         self.h2.decoder.max_header_list_size = limits.max_header_list_size
+        # HPACK's dynamic tables hold a few entries each: SmallDeque, as settings values.
+        for table in (self.h2.encoder.header_table, self.h2.decoder.header_table):
+            table.dynamic_entries = SmallDeque(table.dynamic_entries)  # type: ignore[assignment]
         self.lifecycle = Lifecycle.HANDSHAKE
         self.close_reason: str | None = None
         self.streams: dict[int, StreamCore] = {}

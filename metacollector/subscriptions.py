@@ -44,7 +44,7 @@ DEPARTED: Final = b"\0departed"
 
 def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
     """Kinds a subscriber receives: the known keys of its selector (aliases resolved); one
-    shared set per combination (a set of six kinds is ~700 bytes, once per subscriber)."""
+    shared set per combination, not one per subscriber (a set of six kinds is 728 bytes)."""
     kinds = frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
     return _KIND_SETS.setdefault(kinds, kinds)
 

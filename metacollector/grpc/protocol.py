@@ -136,8 +136,8 @@ class RequestPool:
 class SmallDeque(list[T]):
     """A list with the two deque methods h2 and hpack call on their small per-connection
     stacks. A ``collections.deque`` costs 760 bytes even empty (a list 56 + 8 per item), and a
-    connection had about 16 of them (settings values, HPACK dynamic tables): ~11 KB of each
-    subscriber's ~46 KB (bench/README.md, Memory). They hold a few items each, so the list's
+    connection keeps about sixteen (settings values, HPACK dynamic tables): a quarter of a
+    subscriber's memory (bench/README.md, Memory). They hold a few items each, so the list's
     O(n) ends cost nothing."""
 
     def appendleft(self, item: T) -> None:
@@ -220,7 +220,8 @@ class ConnectionCore:
         # Seconds added to this connection's idle time before its PING (the I/O layer draws it
         # at random, up to a quarter of the interval): connections opened together (a fleet of
         # sensors starting or reconnecting) would otherwise wake together, and the timer
-        # objects of thousands of them, all young at once, made one 50-100 ms GC pause.
+        # objects of thousands of them, all young at once, made one long GC pause
+        # (bench/README.md, "Figures behind code comments").
         self.keepalive_phase = keepalive_phase
         self.pool = pool
         self.paths = paths

@@ -43,8 +43,13 @@ DEPARTED: Final = b"\0departed"
 
 
 def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
-    """Kinds a subscriber receives: the known keys of its selector (aliases resolved)."""
-    return frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
+    """Kinds a subscriber receives: the known keys of its selector (aliases resolved); one
+    shared set per combination, not one per subscriber (a set of six kinds is 728 bytes)."""
+    kinds = frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
+    return _KIND_SETS.setdefault(kinds, kinds)
+
+
+_KIND_SETS: dict[frozenset[str], frozenset[str]] = {}  # at most 2 ** len(KINDS) entries
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):

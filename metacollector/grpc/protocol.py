@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import h2.config
 import h2.connection
@@ -51,6 +52,7 @@ GRPC_PREFIX = 5  # bytes of the gRPC message prefix
 RECEIVE_SLICE = 512  # bytes handed to h2 at a time (~25 small HEADERS frames)
 
 log = logging.getLogger("metacollector.grpc.server")
+T = TypeVar("T")
 
 
 class Lifecycle(enum.Enum):
@@ -131,6 +133,41 @@ class RequestPool:
         self.used -= n
 
 
+class SmallDeque(list[T]):
+    """A list with the two deque methods h2 and hpack call on their small per-connection
+    stacks. A ``collections.deque`` costs 760 bytes even empty (a list 56 + 8 per item), and a
+    connection keeps about sixteen (settings values, HPACK dynamic tables): a quarter of a
+    subscriber's memory (bench/README.md, Memory). They hold a few items each, so the list's
+    O(n) ends cost nothing."""
+
+    def appendleft(self, item: T) -> None:
+        self.insert(0, item)
+
+    def popleft(self) -> T:
+        return self.pop(0)
+
+
+class CompactSettings(h2.settings.Settings):
+    """h2's ``Settings``, each setting's values (the current one first, then those awaiting
+    acknowledgement) in a ``SmallDeque``: h2 appends, reads ``[0]`` and ``len``, ``popleft``s."""
+
+    def __init__(
+        self, client: bool = True, initial_values: dict[h2.settings.SettingCodes, int] | None = None
+    ) -> None:
+        super().__init__(client, initial_values)
+        for key in self._settings:
+            self._compact(key)
+
+    def __setitem__(self, key: h2.settings.SettingCodes | int, value: int) -> None:
+        super().__setitem__(key, value)
+        self._compact(key)
+
+    def _compact(self, key: h2.settings.SettingCodes | int) -> None:
+        values = self._settings[key]
+        if not isinstance(values, SmallDeque):
+            self._settings[key] = SmallDeque(values)  # type: ignore[assignment]
+
+
 @dataclass
 class Counters:
     """What a server's connections did, for tests and benchmarks (cheap ints, no labels)."""
@@ -177,8 +214,15 @@ class ConnectionCore:
         now: float,
         counters: Counters | None = None,
         process_errors: Rate | None = None,
+        keepalive_phase: float = 0.0,
     ) -> None:
         self.limits = limits
+        # Seconds added to this connection's idle time before its PING (the I/O layer draws it
+        # at random, up to a quarter of the interval): connections opened together (a fleet of
+        # sensors starting or reconnecting) would otherwise wake together, and the timer
+        # objects of thousands of them, all young at once, made one long GC pause
+        # (bench/README.md, "Figures behind code comments").
+        self.keepalive_phase = keepalive_phase
         self.pool = pool
         self.paths = paths
         self.counters = counters or Counters()
@@ -186,7 +230,8 @@ class ConnectionCore:
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
         codes = h2.settings.SettingCodes
-        self.h2.local_settings = h2.settings.Settings(
+        self.h2.remote_settings = CompactSettings(client=True)  # before any frame is received
+        self.h2.local_settings = CompactSettings(
             client=False,
             initial_values={
                 codes.MAX_CONCURRENT_STREAMS: limits.max_streams_per_connection,
@@ -198,6 +243,9 @@ class ConnectionCore:
         # hand this one to its HPACK decoder (which enforces 64 KiB): the advertised limit is
         # the enforced one only with this line.
         self.h2.decoder.max_header_list_size = limits.max_header_list_size
+        # HPACK's dynamic tables hold a few entries each: SmallDeque, as settings values.
+        for table in (self.h2.encoder.header_table, self.h2.decoder.header_table):
+            table.dynamic_entries = SmallDeque(table.dynamic_entries)  # type: ignore[assignment]
         self.lifecycle = Lifecycle.HANDSHAKE
         self.close_reason: str | None = None
         self.streams: dict[int, StreamCore] = {}
@@ -223,7 +271,10 @@ class ConnectionCore:
 
     # --- bytes in, bytes out ---------------------------------------------------------------
     def initiate(self) -> None:
-        """Queue our preface (SETTINGS) and open the connection receive window."""
+        """Queue our preface (SETTINGS) and open the connection receive window; nothing if the
+        connection was shut down first (its task waited for its turn to start meanwhile)."""
+        if self.lifecycle is not Lifecycle.HANDSHAKE:
+            return
         self.h2.initiate_connection()
         window = max(self.limits.connection_window, self.limits.max_request_message_size + 5)
         extra = window - self.h2.inbound_flow_control_window
@@ -261,24 +312,30 @@ class ConnectionCore:
 
     # --- timers ------------------------------------------------------------------------------
     def read_deadline(self) -> float:
-        """Until when a read may wait: the preface deadline during the handshake."""
+        """Until when a read may wait before ``tick`` is due: the preface deadline during the
+        handshake; then the keepalive PING's (``keepalive_interval`` idle, plus this
+        connection's phase), or its answer's. Only reading and ``tick`` move it."""
+        limits = self.limits
         if self.lifecycle is Lifecycle.HANDSHAKE:
-            return self.started_at + self.limits.preface_timeout
+            return self.started_at + limits.preface_timeout
+        if self.lifecycle is Lifecycle.OPEN:
+            if self.ping_sent_at is not None:
+                return self.ping_sent_at + limits.keepalive_timeout
+            return self.last_activity + limits.keepalive_interval + self.keepalive_phase
         return math.inf
 
     def tick(self, now: float) -> Outcome:
-        """Timers: preface deadline, keepalive PING and its timeout."""
+        """Timers at ``read_deadline``: preface deadline, keepalive PING and its timeout."""
         out = Outcome()
-        limits = self.limits
+        if now < self.read_deadline():
+            return out
         if self.lifecycle is Lifecycle.HANDSHAKE:
-            if now >= self.started_at + limits.preface_timeout:
-                self._close("preface_timeout", out)
+            self._close("preface_timeout", out)
         elif self.lifecycle is Lifecycle.OPEN:
             if self.ping_sent_at is not None:
-                if now - self.ping_sent_at > limits.keepalive_timeout:
-                    self._goaway(h2.errors.ErrorCodes.NO_ERROR)
-                    self._close("keepalive_timeout", out)
-            elif now - self.last_activity > limits.keepalive_interval:
+                self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+                self._close("keepalive_timeout", out)
+            else:
                 self.ping_sent_at = now
                 self.h2.ping(b"mcollect")
         return out

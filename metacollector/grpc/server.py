@@ -143,6 +143,7 @@ class Connection:
             trio.current_time(),
             server.counters,
             server.process_errors,
+            random.random() * server.limits.keepalive_interval / 4,
         )
         self.handles: dict[int, ServerStream] = {}
         self.served = False  # a request of this connection has reached its handler
@@ -221,7 +222,6 @@ class Connection:
                 async with self.server.probation:
                     self.core.initiate()
                     await self._flush()
-                nursery.start_soon(self._timers)
                 await self._read()
                 nursery.cancel_scope.cancel()
         self._nursery = None
@@ -257,18 +257,6 @@ class Connection:
         else:
             self._apply(self.core.eof())
         await self._flush()
-
-    async def _timers(self) -> None:
-        """Keepalive: a PING after ``keepalive_interval`` idle, closed if unanswered."""
-        period = self.limits.keepalive_interval / 4
-        # A random phase: connections opened together (a fleet of sensors starting or
-        # reconnecting) would otherwise wake together every period, and the timer objects of
-        # thousands of sleeping checks, all young at once, made one 50-100 ms GC pause.
-        await trio.sleep(period * random.random())
-        while self.core.lifecycle is not Lifecycle.CLOSED:
-            await trio.sleep(period)
-            self._apply(self.core.tick(trio.current_time()))
-            await self._flush()
 
     async def _run_handler(self, ss: ServerStream) -> None:
         st = ss.core

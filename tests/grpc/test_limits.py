@@ -12,6 +12,7 @@ import trustme
 
 from metacollector import metrics
 from metacollector.grpc.framing import MessageDecoder, encode_message
+from metacollector.grpc.protocol import ConnectionCore, RequestPool
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from tests.support.h2_peer import HANDLERS, WATCH, Peer, connect
 
@@ -325,3 +326,14 @@ async def test_tiny_updates_count_only_on_small_or_waited_for_windows(
         await trio.sleep(0.01)
         creeping.read()
     assert creeping.goaway.error_code == CALM and hits("tiny_window_rate") == before + 1
+
+
+def test_shutdown_before_the_preface_is_quiet() -> None:
+    # A connection's task waits for its turn (probation) before sending its preface; shutdown
+    # may close it meanwhile, and the preface must then not be queued (h2 refused: a traceback
+    # at every busy shutdown).
+    core = ConnectionCore(ServerLimits(), RequestPool(1 << 20), {"/x"}, now=0.0)
+    core.shutdown()
+    core.close("shutdown")
+    core.initiate()
+    assert core.closed

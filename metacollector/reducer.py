@@ -117,7 +117,7 @@ class Reducer:
     def _add_pod(self, uid: str, pod: Pod, out: Outcome) -> None:
         st = self.state
         meta, node, namespace = pod.metadata, pod.spec.nodeName, pod.metadata.namespace
-        owner_refs, owner_keys = st.owner_refs(pod)
+        owner_refs, owner_keys = st.chains.acquire(st.owner_refs(pod))
         owner = meta.controller()
         owner_uid = owner.uid if owner is not None else ""
         services = st.matching_services(pod)
@@ -167,7 +167,8 @@ class Reducer:
         refs_changed = False
         owner_keys = entry.owner_keys
         if not owners_kept:
-            owner_refs, owner_keys = st.owner_refs(new)
+            owner_refs, owner_keys = st.chains.acquire(st.owner_refs(new))
+            st.chains.release((entry.owner_refs, entry.owner_keys))
             refs_changed = owner_refs != entry.owner_refs
             entry.owner_refs = owner_refs
             owner = b.controller()
@@ -238,6 +239,7 @@ class Reducer:
     def _delete_pod(self, uid: str, entry: PodEntry, out: Outcome) -> None:
         st = self.state
         del st.pods[uid]
+        st.chains.release((entry.owner_refs, entry.owner_keys))
         discard_member(st.pods_by_node, entry.node, uid)
         discard_member(st.pods_by_namespace, entry.namespace, uid)
         discard_member(st.pods_by_owner, entry.owner_uid, uid)
@@ -269,6 +271,8 @@ class Reducer:
             owner_refs, owner_keys = st.owner_refs(entry.pod)
             if owner_refs == entry.owner_refs and owner_keys == entry.owner_keys:
                 continue
+            owner_refs, owner_keys = st.chains.acquire((owner_refs, owner_keys))
+            st.chains.release((entry.owner_refs, entry.owner_keys))
             node, old_keys = entry.node, entry.owner_keys
             st.unreference(
                 node, [k for k in old_keys if k not in owner_keys], touched, self._departed

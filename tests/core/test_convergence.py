@@ -100,3 +100,18 @@ def run_history(steps: list[tuple[str, Any]], tail: list[tuple[str, Any]]) -> No
         expected = oracle.view(core.reducer.state.by_kind(), sub.mailbox.node, sub.mailbox.kinds)
         assert sub.table == expected
         assert core.drain(sub) == []  # quiet cluster: nothing more, no spurious Updates
+    assert_chains_shared(core.reducer.state)
+
+
+def assert_chains_shared(cluster: state.ClusterState) -> None:
+    """Every pod holds the shared copy of its owner chain, and the table holds exactly the
+    chains live pods have, each counted once per pod (consumes the table: call it last)."""
+    live = [(entry.owner_refs, entry.owner_keys) for entry in cluster.pods.values()]
+    assert len(cluster.chains) == len(set(live))
+    for refs, keys in live:
+        shared = cluster.chains.acquire((refs, keys))
+        assert shared[0] is refs and shared[1] is keys
+        cluster.chains.release(shared)
+    for chain in live:
+        cluster.chains.release(chain)
+    assert len(cluster.chains) == 0

@@ -4,6 +4,9 @@ was rendered."""
 
 from __future__ import annotations
 
+import pytest
+
+from metacollector import state
 from tests.support import builders as b
 from tests.support.harness import Core
 
@@ -31,3 +34,23 @@ def test_render_views_caches_exactly_the_bodies_views_hold() -> None:
     for node in ("n0", "n1", "n2"):
         for key in state.view(node):
             assert state.event_body(node, key) == cold.reducer.state.event_body(node, key)
+
+
+def test_equal_refs_are_held_once_and_the_table_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    core = cluster()
+    st = core.reducer.state
+    for _ in st.render_views():
+        pass
+    rendered = [e for e in st.pods.values() if e.node]
+    # same namespace, no owner, the same Service: one encoded refs object for all five
+    assert len({id(e.encoded_refs) for e in rendered}) == 1
+    # a full table starts afresh (it only shares: what the pods hold stays as it is)
+    monkeypatch.setattr(state, "ENCODED_REFS_HELD", 3)
+    sizes = []
+    for i in range(10):
+        assert st.shared_refs(b"%d" % i) == b"%d" % i
+        sizes.append(len(st.encoded_refs))
+    assert max(sizes) < 3
+    assert all(e.encoded_refs is rendered[0].encoded_refs for e in rendered)

@@ -7,9 +7,11 @@ skips every other field without building it; that is most of the cost of a pod w
 from __future__ import annotations
 
 import sys
-from typing import Final, TypeAlias
+from typing import Final, Generic, TypeAlias, TypeVar
 
 import msgspec
+
+Value = TypeVar("Value")
 
 KINDS: Final = (
     "Pod",
@@ -100,17 +102,44 @@ def decode(kind: str, data: bytes) -> Object:
     return intern_strings(_decoders[KIND_TYPES[kind]].decode(data))
 
 
+class SharedValues(Generic[Value]):
+    """One copy of equal immutable values (as ``sys.intern`` for strings). Sharing only saves
+    memory, so the table simply starts afresh when it holds ``held`` values: that bounds it,
+    and what holders already share stays shared."""
+
+    def __init__(self, held: int = 100_000) -> None:
+        self.held = held
+        self.values: dict[Value, Value] = {}
+
+    def get(self, value: Value) -> Value:
+        shared = self.values.setdefault(value, value)
+        if len(self.values) >= self.held:
+            self.values = {}
+        return shared
+
+
+# The pods of one owner carry equal ownerReferences (~300 B each when decoded per pod: the
+# owner's kind, name and uid strings, the struct, the tuple), and the pods of a node equal
+# specs: one copy each (bench/memory.py).
+_owner_references: SharedValues[tuple[OwnerReference, ...]] = SharedValues()
+_pod_specs: SharedValues[PodSpec] = SharedValues()
+
+
 def intern_strings(obj: Object) -> Object:
     """Intern the strings repeated across many objects (namespaces, node names, label keys)."""
     meta = obj.metadata
     meta_changes: dict[str, object] = {"namespace": sys.intern(meta.namespace)}
+    if meta.ownerReferences:
+        meta_changes["ownerReferences"] = _owner_references.get(meta.ownerReferences)
     meta_changes["labels"] = (
         {sys.intern(k): sys.intern(v) for k, v in meta.labels.items()} if meta.labels else None
     )
     new_meta = msgspec.structs.replace(meta, **meta_changes)
     if isinstance(obj, Pod):
         return msgspec.structs.replace(
-            obj, metadata=new_meta, spec=PodSpec(nodeName=sys.intern(obj.spec.nodeName))
+            obj,
+            metadata=new_meta,
+            spec=_pod_specs.get(PodSpec(nodeName=sys.intern(obj.spec.nodeName))),
         )
     return msgspec.structs.replace(obj, metadata=new_meta)
 

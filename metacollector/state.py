@@ -24,7 +24,7 @@ from typing import Final, TypeVar
 import msgspec
 
 from metacollector.events import Key, NodeKey
-from metacollector.model import KINDS, VIEW_OWNER_KINDS, Object, Pod, Service
+from metacollector.model import KINDS, VIEW_OWNER_KINDS, Object, Pod, Service, SharedValues
 from metacollector.render import Refs, render_body, render_refs
 
 Label = tuple[str, str]  # one (key, value) of a pod's labels or a Service's selector
@@ -92,10 +92,6 @@ class ServiceEntry(msgspec.Struct, gc=False):
     pods: set[str]
 
 
-# Distinct encoded refs ``ClusterState.shared_refs`` keeps for sharing (about one per
-# ReplicaSet and Service set: ~15,000 in the full-size bench cluster).
-ENCODED_REFS_HELD: Final = 100_000
-
 OwnerChain = tuple[Refs, tuple[Key, ...]]  # a pod's owner refs and the keys they pull in
 
 
@@ -160,7 +156,9 @@ class ClusterState:
     key_nodes: dict[Key, dict[str, int]] = field(default_factory=dict)  # key -> node -> pods
     bodies: dict[Key, bytes] = field(default_factory=dict)  # render cache of non-pod objects
     chains: SharedChains = field(default_factory=SharedChains)  # every pod's owner refs and keys
-    encoded_refs: dict[bytes, bytes] = field(default_factory=dict)  # see ``shared_refs``
+    # one copy of equal encoded refs: the pods of a ReplicaSet behind the same Services have
+    # the same (~220 B each: 33 MB at 150,000 pods, bench/memory.py)
+    encoded_refs: SharedValues[bytes] = field(default_factory=SharedValues)
     # Items visited by the loops below (candidates checked, pods and keys moved): a count of
     # the reducer's work, for tests and bench/complexity.py (a few additions per change).
     ops: int = 0
@@ -203,7 +201,7 @@ class ClusterState:
                 return None
             if entry.body is None:
                 if entry.encoded_refs is None:
-                    entry.encoded_refs = self.shared_refs(render_refs(entry.refs()))
+                    entry.encoded_refs = self.encoded_refs.get(render_refs(entry.refs()))
                 entry.body = render_body(kind, entry.pod, entry.encoded_refs)
             return entry.body
         nodes = self.key_nodes.get(key)
@@ -216,16 +214,6 @@ class ClusterState:
         if body is None:
             body = self.bodies[key] = render_body(kind, obj, None)
         return body
-
-    def shared_refs(self, encoded: bytes) -> bytes:
-        """One copy of equal encoded refs: the pods of a ReplicaSet behind the same Services
-        have the same (~220 B each: 33 MB at 150,000 pods, bench/memory.py). Sharing only
-        saves memory, so the table is simply started afresh when it holds
-        ``ENCODED_REFS_HELD``: that bounds it, and pods keep what they already share."""
-        shared = self.encoded_refs.setdefault(encoded, encoded)
-        if len(self.encoded_refs) >= ENCODED_REFS_HELD:
-            self.encoded_refs = {}
-        return shared
 
     def render_views(self) -> Iterator[None]:
         """Render every body some node's view holds and has not been rendered yet, yielding

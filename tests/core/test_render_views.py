@@ -4,9 +4,7 @@ was rendered."""
 
 from __future__ import annotations
 
-import pytest
-
-from metacollector import state
+from metacollector.model import SharedValues
 from tests.support import builders as b
 from tests.support.harness import Core
 
@@ -36,9 +34,7 @@ def test_render_views_caches_exactly_the_bodies_views_hold() -> None:
             assert state.event_body(node, key) == cold.reducer.state.event_body(node, key)
 
 
-def test_equal_refs_are_held_once_and_the_table_stays_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_equal_refs_are_held_once_and_tables_stay_bounded() -> None:
     core = cluster()
     st = core.reducer.state
     for _ in st.render_views():
@@ -46,11 +42,12 @@ def test_equal_refs_are_held_once_and_the_table_stays_bounded(
     rendered = [e for e in st.pods.values() if e.node]
     # same namespace, no owner, the same Service: one encoded refs object for all five
     assert len({id(e.encoded_refs) for e in rendered}) == 1
-    # a full table starts afresh (it only shares: what the pods hold stays as it is)
-    monkeypatch.setattr(state, "ENCODED_REFS_HELD", 3)
+    # a full table starts afresh (it only shares: what holders have stays as it is)
+    shared = SharedValues[bytes](held=3)
     sizes = []
     for i in range(10):
-        assert st.shared_refs(b"%d" % i) == b"%d" % i
-        sizes.append(len(st.encoded_refs))
+        value = b"%d" % i
+        assert shared.get(value) is value
+        assert shared.get(b"%d" % i) is value or len(shared.values) == 0
+        sizes.append(len(shared.values))
     assert max(sizes) < 3
-    assert all(e.encoded_refs is rendered[0].encoded_refs for e in rendered)

@@ -173,7 +173,7 @@ async def serve(
             nursery.start_soon(reflector.run)
         settled = trio.Event()
         nursery.start_soon(settle_once_synced, reflectors, receive, hub.state, settled)
-        nursery.start_soon(collect_young)
+        nursery.start_soon(collect_young, lambda: server.counters.connections_closed)
         if ssl_context is not None:
             nursery.start_soon(ssl_context.run)
         if sink is not None:

@@ -26,10 +26,18 @@ from collections.abc import Callable
 
 import trio
 
-# After the freeze, a full collection only once in this many generation-1 collections (the
-# default is 10): with thousands of subscribers' connections made after the freeze, each one
-# stalls every stream (bench/README.md, Scale).
-FULL_COLLECTION_EVERY = 1000
+# After the freeze, no automatic full collection (only after this many generation-1
+# collections, the default being 10: days here). What one would traverse is mostly the live
+# subscribers' connections, made after the freeze: at 5,000 subscribers one took 0.7 s, a pause
+# every stream felt (bench/README.md, Scale, 2026-12-02). ``collect_young`` makes them instead,
+# when there is cyclic garbage worth a pass: what closed connections leave.
+FULL_COLLECTION_EVERY = 1_000_000
+
+# ``collect_young`` makes a full collection once this many connections closed since the last
+# one, and at the latest after ``FULL_COLLECTION_INTERVAL`` seconds (the rest of the long-lived
+# cyclic garbage: a restarted watch's, a finished CloudEvents client's).
+CLOSED_CONNECTIONS_PER_FULL_COLLECTION = 1000
+FULL_COLLECTION_INTERVAL = 3600.0
 
 
 # Seconds between collections of the young generations: each then sees what a quarter second
@@ -37,11 +45,25 @@ FULL_COLLECTION_EVERY = 1000
 YOUNG_COLLECTION_INTERVAL = 0.25
 
 
-async def collect_young(interval: float = YOUNG_COLLECTION_INTERVAL) -> None:
-    """Collect generations 0 and 1 every ``interval`` seconds, forever."""
+async def collect_young(
+    closed_connections: Callable[[], int] = lambda: 0,
+    interval: float = YOUNG_COLLECTION_INTERVAL,
+) -> None:
+    """Collect generations 0 and 1 every ``interval`` seconds, forever; every generation instead
+    once ``CLOSED_CONNECTIONS_PER_FULL_COLLECTION`` connections closed (``closed_connections``:
+    how many so far) or ``FULL_COLLECTION_INTERVAL`` passed since the last full collection."""
+    closed_at_full, full_at = closed_connections(), trio.current_time()
     while True:
         await trio.sleep(interval)
-        gc.collect(1)
+        closed, now = closed_connections(), trio.current_time()
+        if (
+            closed - closed_at_full >= CLOSED_CONNECTIONS_PER_FULL_COLLECTION
+            or now - full_at >= FULL_COLLECTION_INTERVAL
+        ):
+            closed_at_full, full_at = closed, now
+            gc.collect()
+        else:
+            gc.collect(1)
 
 
 def freeze_heap() -> None:

@@ -176,6 +176,7 @@ class Counters:
     data_bytes: int = 0
     window_updates: int = 0
     goaways: int = 0
+    connections_closed: int = 0  # (the GC policy's cue for a full collection)
 
 
 @dataclass(eq=False)

@@ -394,6 +394,7 @@ class GrpcServer:
                 await conn.run()
             finally:
                 self.connections.discard(conn)
+                self.counters.connections_closed += 1
                 metrics.GRPC_CONNECTIONS.dec()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             metrics.PROTOCOL_ERRORS.labels("transport").inc()

@@ -5,8 +5,16 @@ from __future__ import annotations
 import gc
 
 import trio
+import trio.testing
 
-from metacollector.gcpolicy import FULL_COLLECTION_EVERY, collect_young, freeze_heap, observe_pauses
+from metacollector.gcpolicy import (
+    CLOSED_CONNECTIONS_PER_FULL_COLLECTION,
+    FULL_COLLECTION_EVERY,
+    FULL_COLLECTION_INTERVAL,
+    collect_young,
+    freeze_heap,
+    observe_pauses,
+)
 
 
 def test_freeze_heap_exempts_what_exists_and_makes_full_collections_rarer() -> None:
@@ -51,10 +59,44 @@ async def test_young_generations_collected_on_a_clock_stay_small_under_replaceme
     await replacement_churn(unchecked)
     clocked: list[int] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(collect_young, 0.01)
+        nursery.start_soon(collect_young, lambda: 0, 0.01)
         await replacement_churn(clocked)
         nursery.cancel_scope.cancel()
     # Allocations minus deallocations never reach the automatic trigger: the young generation
     # holds every new object, a long pause in waiting.
     assert max(unchecked) > 15_000
     assert max(clocked) < 5_000
+
+
+async def test_full_collections_come_with_closed_connections_or_the_hour(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Automatic full collections are off after the freeze; ``collect_young`` makes one per
+    CLOSED_CONNECTIONS_PER_FULL_COLLECTION closed connections, and at least hourly."""
+    closed = 0
+    full: list[float] = []
+
+    def observed(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(trio.current_time())
+
+    threshold = gc.get_threshold()
+    gc.set_threshold(threshold[0], threshold[1], FULL_COLLECTION_EVERY)  # as after the freeze
+    gc.callbacks.append(observed)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect_young, lambda: closed, 1.0)
+            await trio.sleep(10.5)
+            assert full == []  # connections open, nothing closing: no full pass
+            closed = CLOSED_CONNECTIONS_PER_FULL_COLLECTION - 1
+            await trio.sleep(2)
+            assert full == []
+            closed += 1
+            await trio.sleep(1)
+            assert full == [13.0]
+            await trio.sleep(FULL_COLLECTION_INTERVAL)
+            assert full == [13.0, 13.0 + FULL_COLLECTION_INTERVAL]
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.callbacks.remove(observed)
+        gc.set_threshold(*threshold)

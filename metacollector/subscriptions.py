@@ -21,7 +21,7 @@ import msgspec
 
 from metacollector.departures import DepartureLog
 from metacollector.events import Key
-from metacollector.model import KINDS
+from metacollector.model import KINDS, SharedValues
 from metacollector.render import CREATE_PREFIX, UPDATE_PREFIX, delete_message
 from metacollector.state import ClusterState
 
@@ -45,11 +45,10 @@ DEPARTED: Final = b"\0departed"
 def selected_kinds(requested: Iterable[str]) -> frozenset[str]:
     """Kinds a subscriber receives: the known keys of its selector (aliases resolved); one
     shared set per combination, not one per subscriber (a set of six kinds is 728 bytes)."""
-    kinds = frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS)
-    return _KIND_SETS.setdefault(kinds, kinds)
+    return _kind_sets.get(frozenset(KIND_ALIASES.get(k, k) for k in requested) & frozenset(KINDS))
 
 
-_KIND_SETS: dict[frozenset[str], frozenset[str]] = {}  # at most 2 ** len(KINDS) entries
+_kind_sets: SharedValues[frozenset[str]] = SharedValues()  # at most 2 ** len(KINDS) entries
 
 
 class Outgoing(msgspec.Struct, frozen=True, gc=False):

@@ -26,7 +26,7 @@ from metacollector.cloudevents import (
 )
 from metacollector.departures import DepartureLog
 from metacollector.events import Delta
-from metacollector.gcpolicy import collect_young, freeze_heap, observe_pauses
+from metacollector.gcpolicy import collect_on_a_clock, freeze_heap, observe_pauses
 from metacollector.grpc.server import GrpcServer, ServerLimits, server_ssl_context
 from metacollector.grpc.server import StartupError as GrpcStartupError
 from metacollector.grpc.watch import WatchService
@@ -173,7 +173,7 @@ async def serve(
             nursery.start_soon(reflector.run)
         settled = trio.Event()
         nursery.start_soon(settle_once_synced, reflectors, receive, hub.state, settled)
-        nursery.start_soon(collect_young, lambda: server.counters.connections_closed)
+        nursery.start_soon(collect_on_a_clock, lambda: server.counters.connections_closed)
         if ssl_context is not None:
             nursery.start_soon(ssl_context.run)
         if sink is not None:

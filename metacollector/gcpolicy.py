@@ -8,10 +8,11 @@ later are still freed by reference counting, which is how almost all of them go.
 
 What is made after the freeze (h2 connections and mailboxes of thousands of subscribers, several
 hundred tracked objects each) is still traversed by full collections; ``observe_pauses``
-exports every pause, so an operator sees them, and after the freeze full collections are made
-a hundred times rarer (cyclic garbage, such as a closed connection's, still goes, later).
+exports every pause, so an operator sees them, and after the freeze full collections come only
+from ``collect_on_a_clock``: once enough connections closed to leave cyclic garbage worth a
+pass, and at the latest hourly.
 
-The young generations are collected on a clock (``collect_young``): their automatic trigger
+The young generations are collected on a clock (``collect_on_a_clock``): their automatic trigger
 counts allocations minus deallocations, and with thousands of connections each waiting for
 seconds, every wake-up frees the old wait's objects while making new ones, so the count stays
 low while the young generation grows to tens of thousands of objects, and the collection that
@@ -29,11 +30,11 @@ import trio
 # After the freeze, no automatic full collection (only after this many generation-1
 # collections, the default being 10: days here). What one would traverse is mostly the live
 # subscribers' connections, made after the freeze: at 5,000 subscribers one took 0.7 s, a pause
-# every stream felt (bench/README.md, Scale, 2026-12-02). ``collect_young`` makes them instead,
+# every stream felt (bench/README.md, Scale, 2026-12-02). ``collect_on_a_clock`` makes them instead,
 # when there is cyclic garbage worth a pass: what closed connections leave.
 FULL_COLLECTION_EVERY = 1_000_000
 
-# ``collect_young`` makes a full collection once this many connections closed since the last
+# ``collect_on_a_clock`` makes a full collection once this many connections closed since the last
 # one, and at the latest after ``FULL_COLLECTION_INTERVAL`` seconds (the rest of the long-lived
 # cyclic garbage: a restarted watch's, a finished CloudEvents client's).
 CLOSED_CONNECTIONS_PER_FULL_COLLECTION = 1000
@@ -45,8 +46,8 @@ FULL_COLLECTION_INTERVAL = 3600.0
 YOUNG_COLLECTION_INTERVAL = 0.25
 
 
-async def collect_young(
-    closed_connections: Callable[[], int] = lambda: 0,
+async def collect_on_a_clock(
+    closed_connections: Callable[[], int],
     interval: float = YOUNG_COLLECTION_INTERVAL,
 ) -> None:
     """Collect generations 0 and 1 every ``interval`` seconds, forever; every generation instead

@@ -11,7 +11,7 @@ from metacollector.gcpolicy import (
     CLOSED_CONNECTIONS_PER_FULL_COLLECTION,
     FULL_COLLECTION_EVERY,
     FULL_COLLECTION_INTERVAL,
-    collect_young,
+    collect_on_a_clock,
     freeze_heap,
     observe_pauses,
 )
@@ -59,7 +59,7 @@ async def test_young_generations_collected_on_a_clock_stay_small_under_replaceme
     await replacement_churn(unchecked)
     clocked: list[int] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(collect_young, lambda: 0, 0.01)
+        nursery.start_soon(collect_on_a_clock, lambda: 0, 0.01)
         await replacement_churn(clocked)
         nursery.cancel_scope.cancel()
     # Allocations minus deallocations never reach the automatic trigger: the young generation
@@ -71,7 +71,7 @@ async def test_young_generations_collected_on_a_clock_stay_small_under_replaceme
 async def test_full_collections_come_with_closed_connections_or_the_hour(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Automatic full collections are off after the freeze; ``collect_young`` makes one per
+    """Automatic full collections are off after the freeze; ``collect_on_a_clock`` makes one per
     CLOSED_CONNECTIONS_PER_FULL_COLLECTION closed connections, and at least hourly."""
     closed = 0
     full: list[float] = []
@@ -85,7 +85,7 @@ async def test_full_collections_come_with_closed_connections_or_the_hour(
     gc.callbacks.append(observed)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(collect_young, lambda: closed, 1.0)
+            nursery.start_soon(collect_on_a_clock, lambda: closed, 1.0)
             await trio.sleep(10.5)
             assert full == []  # connections open, nothing closing: no full pass
             closed = CLOSED_CONNECTIONS_PER_FULL_COLLECTION - 1

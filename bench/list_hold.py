@@ -4,7 +4,9 @@ The emulator runs in its own process (``python -m metacollector.cli emulator``, 
 --plain-http); this process runs one Reflector per kind, decoding into the model types with
 string interning as `metacollector run` does, and holds every object in the reflectors' stores.
 Reported: wall time until every reflector is synced, objects per kind, this process's peak RSS
-(ru_maxrss: the emulator is a child and not counted) and RSS after a gc.
+(ru_maxrss: the emulator is a child and not counted), RSS after a gc, and the longest task step
+(the longest the reflectors held the event loop without a checkpoint: probes, subscribers and
+shutdown wait that long).
 
 python bench/list_hold.py [--nodes 5000 --pods-per-node 30 --page-size 500 --streaming-list]
 """
@@ -28,6 +30,25 @@ from metacollector.kube.reflector import Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES, intern_strings
 from metacollector.testing import free_port
+
+
+class LongestStep(trio.abc.Instrument):
+    """The longest single task step (run between two checkpoints), and whose."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # None: the step began before the instrument
+        self.longest = 0.0
+        self.task = ""
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.started is not None:
+            step = time.perf_counter() - self.started
+            if step > self.longest:
+                self.longest, self.task = step, task.name
+        self.started = None
 
 
 async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -57,11 +78,14 @@ async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[st
         send.close()
         nursery.start_soon(drain, receive)
         start = time.perf_counter()
+        longest = LongestStep()
+        trio.lowlevel.add_instrument(longest)
         for reflector in reflectors:
             nursery.start_soon(reflector.run)
         for reflector in reflectors:
             await reflector.synced.wait()
         elapsed = time.perf_counter() - start
+        trio.lowlevel.remove_instrument(longest)
         await trio.sleep(0.5)  # let the drain catch up before counting
         gc.collect()
         result = {
@@ -73,6 +97,8 @@ async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[st
             "rss_baseline_mb": round(baseline, 1),
             "rss_after_gc_mb": round(memory_mb()["rss_mb"], 1),
             "peak_rss_mb": round(memory_mb()["hwm_mb"], 1),
+            "longest_task_step_ms": round(longest.longest * 1000, 1),
+            "longest_task_step_in": longest.task.rsplit(".", 1)[-1],
         }
         nursery.cancel_scope.cancel()
     return result

@@ -182,6 +182,19 @@ async def histogram_buckets(port: int, name: str, labels: str = "") -> dict[floa
     return out
 
 
+async def histogram_totals(port: int, name: str) -> tuple[float, float]:
+    """(count, sum) of a histogram of the collector's /metrics, over all its label sets."""
+    async with httpx.AsyncClient() as c:
+        text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+    totals = {"_count": 0.0, "_sum": 0.0}
+    for line in text.splitlines():
+        metric = line.split("{", 1)[0].split(" ", 1)[0]
+        for suffix in totals:
+            if metric == name + suffix:
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals["_count"], totals["_sum"]
+
+
 def longest_bucket(before: dict[float, float], after: dict[float, float]) -> str:
     """The bucket (ms) of the longest observation between two scrapes."""
     delta = {le: count - before.get(le, 0.0) for le, count in after.items()}
@@ -323,6 +336,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         nodes = [f"node-{i}" for i in range(args.nodes)][: args.subscribers]
         t1 = time.monotonic()
         before_sync = proc_stats(collector.pid)
+        gc_before_sync = await histogram_totals(http_port, GC_PAUSE)
         workers = Workers(
             "swarm.py",
             [
@@ -340,6 +354,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sync_cpu = after_sync["cpu_s"] - before_sync["cpu_s"]
         result["collector_cpu_s_during_sync"] = round(sync_cpu, 2)
         result["swarm_cpu_s_during_sync"] = round(sum(s["cpu_s"] for s in synced), 2)
+        gc_after_sync = await histogram_totals(http_port, GC_PAUSE)
+        result["collector_gc_during_sync"] = (
+            f"{gc_after_sync[0] - gc_before_sync[0]:.0f} collections, "
+            f"{gc_after_sync[1] - gc_before_sync[1]:.2f} s"
+        )
         result["initial_sync_mb"] = round(sum(s["bytes"] for s in synced) / 1e6, 1)
         result["rss_after_sync_mb"] = round(after_sync["rss_mb"], 1)
         result["sync_wall_s"] = round(time.monotonic() - t1, 2)

@@ -9,7 +9,10 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 from typing import Any
+
+import trio
 
 HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results"
@@ -110,3 +113,22 @@ def report(result: dict[str, Any], out: str | pathlib.Path) -> None:
         path = RESULTS / path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+class LongestStep(trio.abc.Instrument):
+    """The longest single task step (run between two checkpoints), and whose."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None  # None: the step began before the instrument
+        self.longest = 0.0
+        self.task = ""
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if self.started is not None:
+            step = time.perf_counter() - self.started
+            if step > self.longest:
+                self.longest, self.task = step, task.name
+        self.started = None

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import trio
-from _common import emulator_command, memory_mb, report, start_emulator, stop
+from _common import LongestStep, emulator_command, memory_mb, report, start_emulator, stop
 
 from metacollector.kube.client import make_client
 from metacollector.kube.config import load_kubeconfig
@@ -30,25 +30,6 @@ from metacollector.kube.reflector import Delta, Reflector
 from metacollector.kube.resources import RESOURCES
 from metacollector.model import KIND_TYPES, intern_strings
 from metacollector.testing import free_port
-
-
-class LongestStep(trio.abc.Instrument):
-    """The longest single task step (run between two checkpoints), and whose."""
-
-    def __init__(self) -> None:
-        self.started: float | None = None  # None: the step began before the instrument
-        self.longest = 0.0
-        self.task = ""
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.started = time.perf_counter()
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        if self.started is not None:
-            step = time.perf_counter() - self.started
-            if step > self.longest:
-                self.longest, self.task = step, task.name
-        self.started = None
 
 
 async def measure(kubeconfig: pathlib.Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,9 @@ subscribe reads (SPEC section 2, lifecycle).
 
 Everything runs on one trio thread, so mailboxes read the state between awaits without locks.
 A batch is applied in slices of at most ``SLICE_SECONDS`` of CPU with a checkpoint between
-them, so probes, subscribers and shutdown stay live whatever the API server sends.
+them, so probes, subscribers and shutdown stay live whatever the API server sends. A change that
+is work for many pods (a Service selecting a whole namespace) is itself split, ``PODS_PER_STEP``
+pods at a time (``Reducer.resume``); the hub finishes it before it applies the next change.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from metacollector.subscriptions import Mailbox, Outgoing, Subscriptions
 
 log = logging.getLogger(__name__)
 
-# Longest the hub applies deltas before it lets the other tasks run. (One delta is never split:
-# its cost is bounded by what it changes, e.g. a Service selecting 10,000 pods takes ~20 ms.)
+# Longest the hub applies deltas before it lets the other tasks run.
 SLICE_SECONDS: Final = 0.002
+# Pods of one change's per-pod work done between two looks at the slice's deadline.
+PODS_PER_STEP: Final = 200
 
 # mailbox marks by the API change that caused them (upstream's queue-adds metric)
 _ADDS = {
@@ -46,7 +49,8 @@ class Hub:
         progress: Callable[[Sequence[Delta]], None] | None = None,
         departures: DepartureLog | None = None,
     ) -> None:
-        self.reducer = Reducer(track_departures=True)
+        self.reducer = Reducer(track_departures=True, pods_per_step=PODS_PER_STEP)
+        self._unfinished: Delta | None = None  # the delta whose per-pod work the reducer holds
         self.state = self.reducer.state
         self.departures = departures if departures is not None else DepartureLog()
         self.subscriptions = Subscriptions(self.state, self.departures)
@@ -69,46 +73,74 @@ class Hub:
         async with deltas:
             async for batch in deltas:
                 start = self._apply(batch, 0, time.perf_counter() + SLICE_SECONDS)
-                while start < len(batch):
+                while start < len(batch) or self._unfinished is not None:
                     await trio.lowlevel.checkpoint()
                     start = self._apply(batch, start, time.perf_counter() + SLICE_SECONDS)
 
     def _apply(self, deltas: Sequence[Delta], start: int, deadline: float | None) -> int:
-        """Apply ``deltas[start:]`` until ``deadline`` (perf_counter) passes; route what they
-        touched, record what left a view, offer what changed; return where it stopped."""
+        """Finish the unfinished delta's per-pod work, then apply ``deltas[start:]``, until
+        ``deadline`` (perf_counter) passes; route what they touched, record what left a view,
+        offer what changed; return where it stopped (a delta left unfinished counts as taken:
+        the next call finishes it first)."""
         self.slices += 1
         now = trio.current_time()
-        apply = self.reducer.apply
+        reducer = self.reducer
+        apply = reducer.apply
         out = Outcome([], [] if self._offer is not None else None)
         changed = out.changed
         # Where each run of same-type deltas' touched keys ends (for the queue-adds metric),
         # and where each delta's edits end with what caused them (for the CloudEvents sink).
         runs: list[tuple[int, WatchType]] = []
         causes: list[tuple[int, str, bool]] = []
+        finished: list[Delta] = []  # deltas whose work ended in this slice, in order
+        resumed = self._unfinished
+        if resumed is not None:
+            runs.append((0, resumed.type))
+            if self._resume(out, deadline):
+                finished.append(resumed)
+            if changed:
+                causes.append((len(changed), resumed.obj.metadata.resourceVersion, resumed.initial))
         end = start
-        for delta in deltas[start:] if start else deltas:
-            end += 1
-            change_type = delta.type
-            if runs and runs[-1][1] != change_type:
-                runs.append((len(out.touched), change_type))
-            elif not runs:
-                runs.append((0, change_type))
-            apply(change_type, delta.kind, delta.obj, out)
-            if changed and (not causes or causes[-1][0] < len(changed)):
-                obj = delta.obj
-                causes.append((len(changed), obj.metadata.resourceVersion, delta.initial))
-            if deadline is not None and time.perf_counter() >= deadline:
-                break
+        if self._unfinished is None and not (resumed and _passed(deadline)):
+            for delta in deltas[start:] if start else deltas:
+                end += 1
+                change_type = delta.type
+                if runs and runs[-1][1] != change_type:
+                    runs.append((len(out.touched), change_type))
+                elif not runs:
+                    runs.append((0, change_type))
+                apply(change_type, delta.kind, delta.obj, out)
+                if reducer.pending:  # ``apply`` did its first step
+                    self._unfinished = delta
+                    if not _passed(deadline) and self._resume(out, deadline):
+                        finished.append(delta)
+                else:
+                    finished.append(delta)
+                if changed and (not causes or causes[-1][0] < len(changed)):
+                    obj = delta.obj
+                    causes.append((len(changed), obj.metadata.resourceVersion, delta.initial))
+                if self._unfinished is not None or _passed(deadline):
+                    break
         self.applied += end - start
         self._route(out.touched, runs, now)
-        reducer = self.reducer
         if reducer.departed:
             self._record_departures(now)
         if changed:
             self._offer_changes(changed, causes, now)
-        if self._progress is not None:
-            self._progress(deltas[start:end] if start or end < len(deltas) else deltas)
+        if self._progress is not None and finished:
+            whole = resumed is None and start == 0 and len(finished) == len(deltas)
+            self._progress(deltas if whole else finished)
         return end
+
+    def _resume(self, out: Outcome, deadline: float | None) -> bool:
+        """Resume the unfinished delta's per-pod work: one step, then more until it ends (True)
+        or ``deadline`` passes (False: it stays unfinished)."""
+        reducer = self.reducer
+        while not reducer.resume(out):
+            if _passed(deadline):
+                return False
+        self._unfinished = None
+        return True
 
     def _route(self, touched: list[NodeKey], runs: list[tuple[int, WatchType]], now: float) -> None:
         """Mark the touched keys in their mailboxes in order, counting the new marks by the
@@ -192,6 +224,11 @@ class Hub:
     def take(self, mailbox: Mailbox, max_bytes: int) -> list[Outgoing]:
         """The next messages for ``mailbox``'s subscriber, from the current state."""
         return mailbox.take(self.state, max_bytes)
+
+
+def _passed(deadline: float | None) -> bool:
+    """Whether a slice's ``deadline`` (perf_counter; None: no deadline) has passed."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 def _caused(

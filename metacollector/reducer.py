@@ -17,6 +17,13 @@ compares a pod's Service list item by item: the sorted UIDs are rendered once, w
 event is next needed (``ClusterState.event_body``). tests/core/test_cost.py counts it;
 bench/complexity.py measures it.
 
+Splitting (``pods_per_step``): one change can be work for every pod of a namespace (a Service
+selecting them all, a Namespace arriving after its pods). With ``pods_per_step`` set, ``apply``
+does that per-pod work that many pods at a time and leaves the rest in ``pending`` for
+``resume``; the caller resumes it before it applies anything else, so no other change ever sees
+a half-applied one. Between steps each pod is whole (its refs as of the pods done so far). By
+default (None) ``apply`` applies a change whole.
+
 Departures (for the departure log): with ``track_departures``, each (node, key) is appended to
 ``departed`` at the moment it leaves ``view(node)``; exact, unlike ``touched``, and recorded at
 the four places where a view shrinks: a pod deleted, a pod moved off a node, a referenced key's
@@ -26,7 +33,9 @@ non-pod object deleted (it leaves every node that referenced it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from metacollector.events import Edit, Key, NodeKey, Outcome, WatchType
 from metacollector.model import Object, Pod, Service, same_content
@@ -41,12 +50,53 @@ from metacollector.state import (
 _NO_LABELS: dict[str, str] = {}
 
 
+@dataclass
+class PodWork:
+    """Per-pod work a change left: ``step`` for each of ``uids[done:]``, in order."""
+
+    uids: list[str]
+    step: Callable[[str, Outcome], None]
+    done: int = 0
+
+
 class Reducer:
-    def __init__(self, state: ClusterState | None = None, track_departures: bool = False) -> None:
+    def __init__(
+        self,
+        state: ClusterState | None = None,
+        track_departures: bool = False,
+        pods_per_step: int | None = None,
+    ) -> None:
         self.state = state if state is not None else ClusterState()
         self.departed: list[NodeKey] = []  # filled only with ``track_departures``
         # What ``ClusterState.unreference`` appends departures to: None when not tracking.
         self._departed: list[NodeKey] | None = self.departed if track_departures else None
+        self.pods_per_step = pods_per_step  # None: every change applied whole
+        self.pending: deque[PodWork] = deque()  # the last change's per-pod work not done yet
+
+    def resume(self, out: Outcome) -> bool:
+        """Do the next ``pods_per_step`` pods of the pending work (all of it when None),
+        appending to ``out``; True when no work is left."""
+        pending = self.pending
+        budget = self.pods_per_step
+        while pending:
+            work = pending[0]
+            end = len(work.uids) if budget is None else min(len(work.uids), work.done + budget)
+            step = work.step
+            for uid in work.uids[work.done : end]:
+                step(uid, out)
+            if budget is not None:
+                budget -= end - work.done
+            work.done = end
+            if end == len(work.uids):
+                pending.popleft()
+            if budget == 0:
+                break
+        return not pending
+
+    def _defer(self, uids: list[str], step: Callable[[str, Outcome], None]) -> None:
+        """Queue per-pod work of the change being applied (``apply`` starts on it)."""
+        if uids:
+            self.pending.append(PodWork(uids, step))
 
     def apply(
         self, change_type: WatchType, kind: str, obj: Object, out: Outcome | None = None
@@ -56,6 +106,7 @@ class Reducer:
         change; with ``out.changed`` None, what changed is not recorded)."""
         if out is None:
             out = Outcome([], [])
+        assert not self.pending, "a split change must be resumed to its end first"
         if kind == "Pod":
             # Pods live in ``state.pods`` only: one lookup per change (the state is far larger
             # than the CPU caches, so each lookup of a cold object costs more than the Python).
@@ -111,6 +162,8 @@ class Reducer:
                 self._refresh_owner_refs(st.pods_by_owner.get(uid, ()), out)
         elif kind == "Service":
             self._reselect(uid, old, new, out)
+        if self.pending:
+            self.resume(out)
         return out
 
     # --- pods ------------------------------------------------------------------------------
@@ -262,28 +315,28 @@ class Reducer:
     def _refresh_owner_refs(self, uids: Iterable[str], out: Outcome) -> None:
         """Recompute the owner refs of pods whose Namespace or ReplicaSet changed: one pod at
         a time, its Services untouched."""
-        st = self.state
-        touched = out.touched
         uids = list(uids)
-        st.ops += len(uids)
-        for uid in uids:
-            entry = st.pods[uid]
-            owner_refs, owner_keys = st.owner_refs(entry.pod)
-            if owner_refs == entry.owner_refs and owner_keys == entry.owner_keys:
-                continue
-            owner_refs, owner_keys = st.chains.acquire((owner_refs, owner_keys))
-            st.chains.release((entry.owner_refs, entry.owner_keys))
-            node, old_keys = entry.node, entry.owner_keys
-            st.unreference(
-                node, [k for k in old_keys if k not in owner_keys], touched, self._departed
-            )
-            st.reference(node, [k for k in owner_keys if k not in old_keys], touched)
-            entry.owner_refs, entry.owner_keys = owner_refs, owner_keys
-            entry.invalidate(refs=True)
-            if node:
-                touched.append((node, entry.key))
-            if out.changed is not None:
-                out.changed.append(Edit("Pod", entry.pod, entry.pod))
+        self.state.ops += len(uids)
+        self._defer(uids, self._refresh_one)
+
+    def _refresh_one(self, uid: str, out: Outcome) -> None:
+        st = self.state
+        entry = st.pods[uid]
+        owner_refs, owner_keys = st.owner_refs(entry.pod)
+        if owner_refs == entry.owner_refs and owner_keys == entry.owner_keys:
+            return
+        owner_refs, owner_keys = st.chains.acquire((owner_refs, owner_keys))
+        st.chains.release((entry.owner_refs, entry.owner_keys))
+        node, old_keys = entry.node, entry.owner_keys
+        touched = out.touched
+        st.unreference(node, [k for k in old_keys if k not in owner_keys], touched, self._departed)
+        st.reference(node, [k for k in owner_keys if k not in old_keys], touched)
+        entry.owner_refs, entry.owner_keys = owner_refs, owner_keys
+        entry.invalidate(refs=True)
+        if node:
+            touched.append((node, entry.key))
+        if out.changed is not None:
+            out.changed.append(Edit("Pod", entry.pod, entry.pod))
 
     # --- Services --------------------------------------------------------------------------
     def _reselect(self, uid: str, old: Object | None, new: Object | None, out: Outcome) -> None:
@@ -306,50 +359,57 @@ class Reducer:
         before = entry.pods if entry is not None else set()
         if old_svc is not None:
             st.unindex_service(uid, old_svc)
-        if new_svc is not None and new_sel:
-            st.index_service(uid, new_svc)
-            after = st.selected_pods(new_svc)
-            if entry is None:
-                st.services[uid] = ServiceEntry(key, after)
-            else:
-                entry.pods = after
-        else:
-            after = set()
-            st.services.pop(uid, None)
-        st.ops += len(before) + len(after)
-        pods, touched, changed = st.pods, out.touched, out.changed
+        pods, departed = st.pods, self._departed
         one = (key,)
-        for pod_uid in before:
-            if pod_uid in after:
-                continue
-            pod = pods[pod_uid]
-            pod.remove_service(key)
-            self._service_moved(pod, one, False, touched, changed)
-        for pod_uid in after:
-            if pod_uid in before:
-                continue
-            pod = pods[pod_uid]
-            pod.add_service(key)
-            self._service_moved(pod, one, True, touched, changed)
 
-    def _service_moved(
-        self,
-        entry: PodEntry,
-        keys: tuple[Key],
-        added: bool,
-        touched: list[NodeKey],
-        changed: list[Edit] | None,
-    ) -> None:
-        node = entry.node
-        if added:
-            self.state.reference(node, keys, touched)
+        def leave(pod_uid: str, out: Outcome) -> None:
+            entry = pods[pod_uid]
+            entry.remove_service(key)
+            st.unreference(entry.node, one, out.touched, departed)
+            _service_moved(entry, out)
+
+        def join(pod_uid: str, out: Outcome) -> None:
+            entry = pods[pod_uid]
+            entry.add_service(key)
+            st.reference(entry.node, one, out.touched)
+            _service_moved(entry, out)
+
+        def select() -> None:
+            """Look up the pods the Service selects now (the label index complete) and queue
+            the moves between them and those it selected."""
+            if new_svc is not None and new_sel:
+                after = st.selected_pods(new_svc)
+                if entry is None:
+                    st.services[uid] = ServiceEntry(key, after)
+                else:
+                    entry.pods = after
+            else:
+                after = set()
+                st.services.pop(uid, None)
+            st.ops += len(before) + len(after)
+            self._defer(list(before - after), leave)  # set differences: C speed, any size
+            self._defer(list(after - before), join)
+
+        new_keys = st.index_service(uid, new_svc) if new_svc is not None and new_sel else []
+        if new_keys:  # its namespace's pods indexed under them first, pod by pod
+            namespace = new_svc.metadata.namespace if new_svc is not None else ""
+
+            def index(pod_uid: str, out: Outcome) -> None:
+                st.index_pod_keys(namespace, new_keys, pod_uid)
+
+            self._defer(list(st.pods_by_namespace.get(namespace, ())), index)
+            self._defer([uid], lambda _uid, _out: select())
         else:
-            self.state.unreference(node, keys, touched, self._departed)
-        entry.invalidate(refs=True)
-        if node:
-            touched.append((node, entry.key))
-        if changed is not None:
-            changed.append(Edit("Pod", entry.pod, entry.pod))
+            select()
+
+
+def _service_moved(entry: PodEntry, out: Outcome) -> None:
+    """A pod's Service list changed: its refs are rendered again, its node re-evaluates it."""
+    entry.invalidate(refs=True)
+    if entry.node:
+        out.touched.append((entry.node, entry.key))
+    if out.changed is not None:
+        out.changed.append(Edit("Pod", entry.pod, entry.pod))
 
 
 def _add(index: dict[str, set[str]], key: str, uid: str) -> None:

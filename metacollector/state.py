@@ -402,36 +402,33 @@ class ClusterState:
         self.index_pod_labels(entry.namespace, entry.key[1], added)
         return self.relabelled_services(entry, pod, removed, added)
 
-    def index_service(self, uid: str, service: Service) -> None:
-        """Index a Service under its selector (nothing for an empty one). A selector key new
-        to the namespace is indexed for its pods first (once: a key stays indexed)."""
+    def index_service(self, uid: str, service: Service) -> list[str]:
+        """Index a Service under its selector (nothing for an empty one). Returns its selector
+        keys new to the namespace: the caller indexes the namespace's pods under them
+        (``index_pod_keys``, the one scan of a namespace per key: a key stays indexed) before
+        it looks up the pods the Service selects."""
         items = service_labels(service)
         if not items:
-            return
+            return []
         ns = service.metadata.namespace
         keys = self.indexed_keys.setdefault(ns, set())
-        for key, _ in items:
-            if key not in keys:
-                keys.add(key)
-                self._index_key(ns, key)
+        new_keys = [key for key, _ in items if key not in keys]
+        keys.update(new_keys)
         self.services_by_label.setdefault(ns, {}).setdefault(min(items), set()).add(uid)
         by_item = self.services_by_item.setdefault(ns, {})
         for item in items:
             by_item.setdefault(item, set()).add(uid)
+        return new_keys
 
-    def _index_key(self, namespace: str, key: str) -> None:
-        """Index every pod of ``namespace`` carrying label ``key``: the one scan of a namespace,
-        when a Service first selects on that key there."""
-        uids = self.pods_by_namespace.get(namespace, ())
-        self.ops += len(uids)
-        index = self.pods_by_label.setdefault(namespace, {})
-        pods = self.pods
-        for uid in uids:
-            labels = pods[uid].pod.metadata.labels
-            if labels and key in labels:
-                _index_pair(index, (key, labels[key]), uid)
-        if not index:
-            del self.pods_by_label[namespace]
+    def index_pod_keys(self, namespace: str, keys: list[str], uid: str) -> None:
+        """Index pod ``uid`` of ``namespace`` under those of label ``keys`` it carries."""
+        self.ops += 1
+        labels = self.pods[uid].pod.metadata.labels
+        if labels:
+            for key in keys:
+                if key in labels:
+                    index = self.pods_by_label.setdefault(namespace, {})
+                    _index_pair(index, (key, labels[key]), uid)
 
     def unindex_service(self, uid: str, service: Service) -> None:
         items = service_labels(service)

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
+import pytest
 import trio
 
+from metacollector import hub as hub_module
+from metacollector import reducer as reducer_module
 from metacollector.changes import ObjectChange
 from metacollector.cloudevents import coalesce
 from metacollector.events import Delta
-from metacollector.hub import Hub
+from metacollector.hub import PODS_PER_STEP, Hub
+from metacollector.reducer import Reducer
+from metacollector.subscriptions import FALCO_KINDS, selected_kinds
 from tests.support import builders as b
 
 
@@ -99,3 +105,78 @@ async def test_changes_offered_per_slice_equal_offering_every_edit() -> None:
     ns = expected["ns-shop"]  # a first-list Create, then a live Update: the Create's cause
     assert (ns.reason, ns.version, ns.cause_version, ns.initial) == ("Create", "10", "1", False)
     assert ("Update", "ns-shop", "10", False) in causes(batched)
+
+
+async def test_a_change_for_many_pods_is_split_and_finished_before_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Service selecting 5 x PODS_PER_STEP pods, then a Namespace arriving after them (work
+    for every pod too), then one more pod: each slice (SLICE_SECONDS 0: one step per slice)
+    does at most PODS_PER_STEP pods of such work; the next delta is applied only once the
+    split one is whole; the outcome (state, subscriber events, CloudEvents changes with their
+    causes, the watermark's deltas) equals applying the batch whole."""
+    count = 5 * PODS_PER_STEP
+    batch = [
+        *pods(count),
+        Delta("ADDED", "Service", b.service("all", "svc-all", selector={"a": "b"}, rv="90")),
+        Delta("ADDED", "Namespace", b.namespace("shop", "ns-shop", labels={}), initial=False),
+        Delta("ADDED", "Pod", b.pod("late", "pod-late", node="n1", labels={"a": "b"}, rv="91")),
+    ]
+    whole: list[ObjectChange] = []
+    reference = Hub(offer=whole.append)
+    reference_box = reference.subscribe("n1", selected_kinds(FALCO_KINDS))
+    reference.apply(batch)
+
+    monkeypatch.setattr(hub_module, "SLICE_SECONDS", 0.0)
+    split: list[ObjectChange] = []
+    progressed: list[Delta] = []
+    hub = Hub(offer=split.append, progress=progressed.extend)
+    box = hub.subscribe("n1", selected_kinds(FALCO_KINDS))
+    moves = {"now": 0, "most": 0}
+    service_moved = reducer_module._service_moved
+    refresh_one = Reducer._refresh_one
+
+    def counted_move(*args: Any) -> None:
+        moves["now"] += 1
+        service_moved(*args)
+
+    def counted_refresh(self: Reducer, *args: Any) -> None:
+        moves["now"] += 1
+        refresh_one(self, *args)
+
+    class MostPerStep(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            moves["now"] = 0
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            moves["most"] = max(moves["most"], moves["now"])
+
+    monkeypatch.setattr(reducer_module, "_service_moved", counted_move)
+    monkeypatch.setattr(Reducer, "_refresh_one", counted_refresh)
+    hub.apply(batch[:count])  # the pods, at once
+    send, receive = trio.open_memory_channel[Sequence[Delta]](1)
+    instrument = MostPerStep()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run, receive)
+            await send.send(batch[count:])
+            await send.aclose()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert moves["most"] == PODS_PER_STEP  # never more pods of per-pod work in one step
+    assert hub.slices >= 2 * count // PODS_PER_STEP
+    assert progressed == batch  # every delta reported once, in order, when whole
+    assert hub.state.by_kind() == reference.state.by_kind()
+    for uid, entry in reference.state.pods.items():
+        assert hub.state.event_body(entry.node, entry.key) == reference.state.event_body(
+            entry.node, entry.key
+        )
+    events = {m.message for m in hub.take(box, 1 << 30)}
+    assert events == {m.message for m in reference.take(reference_box, 1 << 30)}
+
+    def offers(changes: list[ObjectChange]) -> list[tuple[str, str, str, bool]]:
+        return [(c.reason, c.uid, c.cause_version, c.initial) for c in changes]
+
+    assert offers(split) == offers(whole)
+    assert sum(1 for c in split if c.cause_version == "90") == count + 1  # pods + the Service

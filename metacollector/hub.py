@@ -92,12 +92,10 @@ class Hub:
         # and where each delta's edits end with what caused them (for the CloudEvents sink).
         runs: list[tuple[int, WatchType]] = []
         causes: list[tuple[int, str, bool]] = []
-        finished: list[Delta] = []  # deltas whose work ended in this slice, in order
         resumed = self._unfinished
         if resumed is not None:
             runs.append((0, resumed.type))
-            if self._resume(out, deadline):
-                finished.append(resumed)
+            self._resume(out, deadline)
             if changed:
                 causes.append((len(changed), resumed.obj.metadata.resourceVersion, resumed.initial))
         end = start
@@ -112,14 +110,14 @@ class Hub:
                 apply(change_type, delta.kind, delta.obj, out)
                 if reducer.pending:  # ``apply`` did its first step
                     self._unfinished = delta
-                    if not _passed(deadline) and self._resume(out, deadline):
-                        finished.append(delta)
-                else:
-                    finished.append(delta)
+                    if not _passed(deadline):
+                        self._resume(out, deadline)
                 if changed and (not causes or causes[-1][0] < len(changed)):
                     obj = delta.obj
                     causes.append((len(changed), obj.metadata.resourceVersion, delta.initial))
-                if self._unfinished is not None or _passed(deadline):
+                if self._unfinished is not None or (
+                    deadline is not None and time.perf_counter() >= deadline
+                ):
                     break
         self.applied += end - start
         self._route(out.touched, runs, now)
@@ -127,9 +125,14 @@ class Hub:
             self._record_departures(now)
         if changed:
             self._offer_changes(changed, causes, now)
-        if self._progress is not None and finished:
-            whole = resumed is None and start == 0 and len(finished) == len(deltas)
-            self._progress(deltas if whole else finished)
+        if self._progress is not None:  # the deltas whose work ended in this slice
+            taken = end - start - (self._unfinished is not None and end > start)
+            if resumed is None and taken == len(deltas):
+                self._progress(deltas)
+            elif resumed is not None and self._unfinished is not resumed:
+                self._progress([resumed, *deltas[start : start + taken]])
+            elif taken:
+                self._progress(deltas[start : start + taken])
         return end
 
     def _resume(self, out: Outcome, deadline: float | None) -> bool:

@@ -168,7 +168,7 @@ async def test_a_change_for_many_pods_is_split_and_finished_before_the_next(
     assert hub.slices >= 2 * count // PODS_PER_STEP
     assert progressed == batch  # every delta reported once, in order, when whole
     assert hub.state.by_kind() == reference.state.by_kind()
-    for uid, entry in reference.state.pods.items():
+    for entry in reference.state.pods.values():
         assert hub.state.event_body(entry.node, entry.key) == reference.state.event_body(
             entry.node, entry.key
         )

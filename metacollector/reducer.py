@@ -387,8 +387,9 @@ class Reducer:
                 after = set()
                 st.services.pop(uid, None)
             st.ops += len(before) + len(after)
-            self._defer(list(before - after), leave)  # set differences: C speed, any size
-            self._defer(list(after - before), join)
+            # set differences: C speed, any size (and no difference taken with an empty set)
+            self._defer(list(before - after) if after else list(before), leave)
+            self._defer(list(after - before) if before else list(after), join)
 
         new_keys = st.index_service(uid, new_svc) if new_svc is not None and new_sel else []
         if new_keys:  # its namespace's pods indexed under them first, pod by pod

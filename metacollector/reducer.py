@@ -391,17 +391,18 @@ class Reducer:
             self._defer(list(before - after) if after else list(before), leave)
             self._defer(list(after - before) if before else list(after), join)
 
-        new_keys = st.index_service(uid, new_svc) if new_svc is not None and new_sel else []
-        if new_keys:  # its namespace's pods indexed under them first, pod by pod
-            namespace = new_svc.metadata.namespace if new_svc is not None else ""
+        if new_svc is not None and new_sel:
+            new_keys = st.index_service(uid, new_svc)
+            if new_keys:  # its namespace's pods indexed under them first, pod by pod
+                namespace = new_svc.metadata.namespace
 
-            def index(pod_uid: str, out: Outcome) -> None:
-                st.index_pod_keys(namespace, new_keys, pod_uid)
+                def index(pod_uid: str, out: Outcome) -> None:
+                    st.index_pod_keys(namespace, new_keys, pod_uid)
 
-            self._defer(list(st.pods_by_namespace.get(namespace, ())), index)
-            self._defer([uid], lambda _uid, _out: select())
-        else:
-            select()
+                self._defer(list(st.pods_by_namespace.get(namespace, ())), index)
+                self._defer([uid], lambda _uid, _out: select())
+                return
+        select()
 
 
 def _service_moved(entry: PodEntry, out: Outcome) -> None:

@@ -53,6 +53,7 @@ T = TypeVar("T", bound=Object)
 REPLACE_SLICE = 2000
 # Objects of a list page made into model objects between checkpoints (~2 ms; a page is 500).
 ACCEPT_SLICE = 100
+
 _WATCH_TYPE: dict[str, WatchType] = {t: t for t in WATCH_TYPES}
 
 

@@ -99,7 +99,7 @@ class Hub:
             if changed:
                 causes.append((len(changed), resumed.obj.metadata.resourceVersion, resumed.initial))
         end = start
-        if self._unfinished is None and not (resumed and _passed(deadline)):
+        if self._unfinished is None and not (resumed is not None and _passed(deadline)):
             for delta in deltas[start:] if start else deltas:
                 end += 1
                 change_type = delta.type
@@ -115,9 +115,7 @@ class Hub:
                 if changed and (not causes or causes[-1][0] < len(changed)):
                     obj = delta.obj
                     causes.append((len(changed), obj.metadata.resourceVersion, delta.initial))
-                if self._unfinished is not None or (
-                    deadline is not None and time.perf_counter() >= deadline
-                ):
+                if self._unfinished is not None or _passed(deadline):
                     break
         self.applied += end - start
         self._route(out.touched, runs, now)
@@ -135,15 +133,14 @@ class Hub:
                 self._progress(deltas[start : start + taken])
         return end
 
-    def _resume(self, out: Outcome, deadline: float | None) -> bool:
-        """Resume the unfinished delta's per-pod work: one step, then more until it ends (True)
-        or ``deadline`` passes (False: it stays unfinished)."""
+    def _resume(self, out: Outcome, deadline: float | None) -> None:
+        """Resume the unfinished delta's per-pod work: one step, then more until it ends (no
+        longer ``_unfinished``) or ``deadline`` passes (it stays unfinished)."""
         reducer = self.reducer
         while not reducer.resume(out):
             if _passed(deadline):
-                return False
+                return
         self._unfinished = None
-        return True
 
     def _route(self, touched: list[NodeKey], runs: list[tuple[int, WatchType]], now: float) -> None:
         """Mark the touched keys in their mailboxes in order, counting the new marks by the

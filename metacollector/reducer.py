@@ -154,12 +154,12 @@ class Reducer:
             else:
                 st.namespace_uids[name] = uid
             if st.namespace_uids.get(name) != old_uid:
-                self._refresh_owner_refs(st.pods_by_namespace.get(name, ()), out)
+                self._refresh_owner_refs(st.pods_by_namespace.get(name, ()))
         elif kind == "ReplicaSet":
             old_owner = old.metadata.controller() if old else None
             new_owner = new.metadata.controller() if new else None
             if old is None or new is None or old_owner != new_owner:
-                self._refresh_owner_refs(st.pods_by_owner.get(uid, ()), out)
+                self._refresh_owner_refs(st.pods_by_owner.get(uid, ()))
         elif kind == "Service":
             self._reselect(uid, old, new, out)
         if self.pending:
@@ -312,9 +312,9 @@ class Reducer:
         if out.changed is not None:
             out.changed.append(Edit("Pod", entry.pod, None))
 
-    def _refresh_owner_refs(self, uids: Iterable[str], out: Outcome) -> None:
-        """Recompute the owner refs of pods whose Namespace or ReplicaSet changed: one pod at
-        a time, its Services untouched."""
+    def _refresh_owner_refs(self, uids: Iterable[str]) -> None:
+        """Queue the owner refs of pods whose Namespace or ReplicaSet changed to be recomputed:
+        one pod at a time (``_refresh_one``), their Services untouched."""
         uids = list(uids)
         self.state.ops += len(uids)
         self._defer(uids, self._refresh_one)

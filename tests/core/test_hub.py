@@ -20,6 +20,7 @@ from metacollector.hub import PODS_PER_STEP, Hub
 from metacollector.reducer import Reducer
 from metacollector.subscriptions import FALCO_KINDS, selected_kinds
 from tests.support import builders as b
+from tests.support.steps import MostPerStep
 
 
 def pods(count: int) -> list[Delta]:
@@ -132,30 +133,23 @@ async def test_a_change_for_many_pods_is_split_and_finished_before_the_next(
     progressed: list[Delta] = []
     hub = Hub(offer=split.append, progress=progressed.extend)
     box = hub.subscribe("n1", selected_kinds(FALCO_KINDS))
-    moves = {"now": 0, "most": 0}
+    moves = {"per-pod work": 0}
     service_moved = reducer_module._service_moved
     refresh_one = Reducer._refresh_one
 
     def counted_move(*args: Any) -> None:
-        moves["now"] += 1
+        moves["per-pod work"] += 1
         service_moved(*args)
 
     def counted_refresh(self: Reducer, *args: Any) -> None:
-        moves["now"] += 1
+        moves["per-pod work"] += 1
         refresh_one(self, *args)
-
-    class MostPerStep(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            moves["now"] = 0
-
-        def after_task_step(self, task: trio.lowlevel.Task) -> None:
-            moves["most"] = max(moves["most"], moves["now"])
 
     monkeypatch.setattr(reducer_module, "_service_moved", counted_move)
     monkeypatch.setattr(Reducer, "_refresh_one", counted_refresh)
     hub.apply(batch[:count])  # the pods, at once
     send, receive = trio.open_memory_channel[Sequence[Delta]](1)
-    instrument = MostPerStep()
+    instrument = MostPerStep(moves)
     trio.lowlevel.add_instrument(instrument)
     try:
         async with trio.open_nursery() as nursery:
@@ -164,7 +158,8 @@ async def test_a_change_for_many_pods_is_split_and_finished_before_the_next(
             await send.aclose()
     finally:
         trio.lowlevel.remove_instrument(instrument)
-    assert moves["most"] == PODS_PER_STEP  # never more pods of per-pod work in one step
+    # never more pods of per-pod work in one step
+    assert instrument.most == {"per-pod work": PODS_PER_STEP}
     assert hub.slices >= 2 * count // PODS_PER_STEP
     assert progressed == batch  # every delta reported once, in order, when whole
     assert hub.state.by_kind() == reference.state.by_kind()

@@ -14,24 +14,9 @@ import trio
 from metacollector.kube import reflector as reflector_module
 from metacollector.kube.reflector import ACCEPT_SLICE, REPLACE_SLICE, Delta, Reflector
 from tests.support.kube import first_synced_batch
+from tests.support.steps import MostPerStep
 
 OBJECTS = 3 * REPLACE_SLICE
-
-
-class MostPerStep(trio.abc.Instrument):
-    """The most that ``counts`` grew during any one task step, per counter."""
-
-    def __init__(self, counts: dict[str, int]) -> None:
-        self.counts = counts
-        self.before: dict[str, int] = {}
-        self.most = dict.fromkeys(counts, 0)
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.before = dict(self.counts)
-
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        for name, count in self.counts.items():
-            self.most[name] = max(self.most[name], count - self.before.get(name, count))
 
 
 async def test_a_large_list_is_made_and_compared_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
